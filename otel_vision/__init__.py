@@ -1,0 +1,25 @@
+"""otel_vision: OpenTelemetry-native tracing for vision models.
+
+```python
+import otel_vision
+
+otel_vision.configure(service_name="yolo-edge")
+
+@otel_vision.stage("preprocess")
+def preprocess(frame): ...
+```
+
+Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
+"""
+
+from otel_vision._setup import Handle, configure, shutdown
+from otel_vision._stage import stage
+from otel_vision._version import __version__
+
+__all__ = [
+    "Handle",
+    "__version__",
+    "configure",
+    "shutdown",
+    "stage",
+]

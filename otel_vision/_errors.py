@@ -1,0 +1,39 @@
+"""Error classification for ``error.type`` and the one place where our own failures are logged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from otel_vision.attributes import CUDA_OOM
+
+logger = logging.getLogger("otel_vision")
+
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def error_type(exc: BaseException) -> str:
+    """Return the ``error.type`` value for an exception: ``cuda_oom`` or the exception's qualified class name."""
+    cls = type(exc)
+    module = cls.__module__
+    if cls.__name__ == "OutOfMemoryError" and module.startswith("torch"):
+        return CUDA_OOM
+    # torch raises a plain RuntimeError for OOM in some code paths (older versions, custom allocators).
+    if cls is RuntimeError and "CUDA out of memory" in str(exc):
+        return CUDA_OOM
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def report_internal_error(what: str) -> None:
+    """Log our own failure once per ``what`` (with traceback), then at debug level: inference goes on regardless.
+
+    Call it from an ``except`` block.
+    """
+    with _reported_lock:
+        first = what not in _reported
+        _reported.add(what)
+    if first:
+        logger.warning("otel_vision: %s failed; telemetry continues without it", what, exc_info=True)
+    else:
+        logger.debug("otel_vision: %s failed again", what, exc_info=True)

@@ -1,0 +1,57 @@
+"""The tracer, instruments and GPU probe that `stage()` and the instrumentors use right now.
+
+Before `configure()` they come from the global OpenTelemetry API (so otel_vision works inside an application that set
+up OpenTelemetry itself); `configure()` and `otel_vision.testing` install their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry import metrics, trace
+
+from otel_vision._metrics import Instruments
+from otel_vision._version import __version__
+
+if TYPE_CHECKING:
+    from otel_vision.gpu._spans import SpanGpuProbe
+
+SCOPE: Final = "otel_vision"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the hot path needs, swapped as one object so a reader never sees half of a new configuration."""
+
+    tracer: trace.Tracer
+    instruments: Instruments
+    gpu: SpanGpuProbe | None = None
+
+
+def _from_globals() -> Runtime:
+    return Runtime(
+        tracer=trace.get_tracer(SCOPE, __version__),
+        instruments=Instruments(metrics.get_meter(SCOPE, __version__)),
+    )
+
+
+_current: Runtime = _from_globals()
+
+
+def current() -> Runtime:
+    """Return the active runtime."""
+    return _current
+
+
+def disabled() -> Runtime:
+    """A runtime that records nothing (after `shutdown()`: spans go nowhere rather than to a stopped pipeline)."""
+    return Runtime(tracer=trace.NoOpTracer(), instruments=Instruments(metrics.NoOpMeter(SCOPE)))
+
+
+def install(runtime: Runtime | None) -> Runtime:
+    """Make ``runtime`` active (``None``: back to the global API providers) and return the previous one."""
+    global _current
+    previous = _current
+    _current = runtime if runtime is not None else _from_globals()
+    return previous

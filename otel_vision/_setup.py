@@ -1,0 +1,450 @@
+"""`configure()` and `shutdown()`: the only module that builds OpenTelemetry SDK objects.
+
+One pipeline per process: tracer, meter and logger providers sharing one resource, OTLP exporters (gRPC by default,
+``http/protobuf`` selectable), GPU telemetry, and a stdlib logging handler that exports records with the active trace
+and span ids. A second `configure()` shuts the previous pipeline down before building the new one, so exporters never
+stack.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import platform
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter, LogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from otel_vision import _config, _runtime
+from otel_vision._metrics import Instruments
+from otel_vision._version import __version__
+from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
+
+logger = logging.getLogger("otel_vision")
+
+_SIGNAL_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs"}
+
+
+class _NotOurLogs(logging.Filter):
+    """Keep the SDK's own records (export failures, …) out of the log pipeline, which could otherwise feed itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("opentelemetry")
+
+
+@dataclass
+class Handle:
+    """What `configure()` built: flush it, shut it down, or read its providers.
+
+    ```python
+    handle = otel_vision.configure(service_name="yolo-edge")
+    ...
+    handle.force_flush()
+    ```
+    """
+
+    settings: _config.Settings
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    logger_provider: LoggerProvider | None = None
+    gpu: GpuTelemetry | None = None
+    standalone: bool = False
+    _log_handlers: list[logging.Handler] = field(default_factory=list)
+    _closed: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """``False`` when ``OTEL_SDK_DISABLED`` turned everything off."""
+        return self.tracer_provider is not None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export everything recorded so far; ``True`` when every provider finished in time."""
+        results = [p.force_flush(timeout_millis) for p in self._providers()]
+        return all(r is not False for r in results)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Flush and stop the pipeline; returns within about ``timeout`` seconds even when the collector is down.
+
+        Providers shut down in parallel, each bounded by its exporter's own timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``,
+        10 s by default); whatever has not left by ``timeout`` is dropped rather than blocking the program's exit.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        root = logging.getLogger()
+        for handler in self._log_handlers:
+            root.removeHandler(handler)
+        if self.gpu is not None:
+            self.gpu.stop()
+        threads = [
+            threading.Thread(target=_quietly, args=(p.shutdown,), name="otel-vision-shutdown", daemon=True)
+            for p in self._providers()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout)
+        global _active
+        with _lock:
+            if _active is self and not self.standalone:
+                _active = None
+                _runtime.install(_runtime.disabled())
+
+    def _providers(self) -> list[Any]:
+        return [p for p in (self.tracer_provider, self.meter_provider, self.logger_provider) if p is not None]
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:  # shutting down must never raise at exit
+        logger.debug("otel_vision: provider shutdown failed", exc_info=True)
+
+
+class _GlobalTracerProvider(trace.TracerProvider):
+    """The process-global tracer provider: forwards to the current pipeline, so a re-`configure()` reaches tracers
+    that other libraries fetched earlier (OpenTelemetry lets the global be set only once)."""
+
+    def __init__(self, target: TracerProvider) -> None:
+        self.target = target
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return _GlobalTracer(self, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+class _GlobalTracer(trace.Tracer):
+    def __init__(self, owner: _GlobalTracerProvider, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._owner = owner
+        self._args = args
+        self._kwargs = kwargs
+        self._cached: tuple[TracerProvider | None, trace.Tracer | None] = (None, None)
+
+    def _real(self) -> trace.Tracer:
+        target = self._owner.target
+        provider, tracer = self._cached
+        if provider is not target or tracer is None:
+            tracer = target.get_tracer(*self._args, **self._kwargs)
+            self._cached = (target, tracer)
+        return tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._real().start_span(*args, **kwargs)
+
+    @contextmanager
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:  # type: ignore[override]  # same contract, forwarded
+        with self._real().start_as_current_span(*args, **kwargs) as span:
+            yield span
+
+
+_lock = threading.RLock()
+_active: Handle | None = None
+_global_tracer_provider: _GlobalTracerProvider | None = None
+_globals_set = False
+_atexit_registered = False
+
+
+def _resource(settings: _config.Settings, gpu: GpuTelemetry | None) -> Resource:
+    # Our defaults go under everything Resource.create() merges (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME), and
+    # the explicit arguments on top: argument > environment > default.
+    defaults: dict[str, Any] = {
+        "service.instance.id": str(uuid.uuid4()),
+        "host.name": socket.gethostname(),
+        "host.arch": platform.machine(),
+        "os.type": sys.platform,
+        "process.pid": os.getpid(),
+        "process.executable.name": os.path.basename(sys.executable),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+    }
+    if gpu is not None:
+        defaults.update(gpu.resource_attributes())
+    explicit: dict[str, Any] = dict(settings.resource_attributes)
+    if settings.service_name is not None:
+        explicit["service.name"] = settings.service_name
+    return Resource(defaults).merge(Resource.create(explicit))
+
+
+def _otlp_kwargs(settings: _config.Settings, signal: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if settings.headers is not None:
+        kwargs["headers"] = dict(settings.headers)
+    if settings.endpoint is not None:
+        base = settings.endpoint.rstrip("/")
+        kwargs["endpoint"] = base + _SIGNAL_PATHS[signal] if settings.protocol == "http/protobuf" else base
+        if settings.protocol == "grpc" and base.startswith("http://"):
+            kwargs["insecure"] = True
+    return kwargs
+
+
+def _span_exporter(settings: _config.Settings) -> SpanExporter | None:
+    if settings.traces_exporter == "none":
+        return None
+    if settings.traces_exporter == "console":
+        return ConsoleSpanExporter()
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+
+        return GrpcSpans(**_otlp_kwargs(settings, "traces"))
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
+
+    return HttpSpans(**_otlp_kwargs(settings, "traces"))
+
+
+def _metric_exporter(settings: _config.Settings) -> MetricExporter | None:
+    if settings.metrics_exporter == "none":
+        return None
+    if settings.metrics_exporter == "console":
+        return ConsoleMetricExporter()
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
+
+        return GrpcMetrics(**_otlp_kwargs(settings, "metrics"))
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetrics
+
+    return HttpMetrics(**_otlp_kwargs(settings, "metrics"))
+
+
+def _log_exporter(settings: _config.Settings) -> LogRecordExporter | None:
+    if settings.logs_exporter == "none":
+        return None
+    if settings.logs_exporter == "console":
+        return ConsoleLogRecordExporter()
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogs
+
+        return GrpcLogs(**_otlp_kwargs(settings, "logs"))
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
+
+    return HttpLogs(**_otlp_kwargs(settings, "logs"))
+
+
+def build(
+    settings: _config.Settings,
+    *,
+    span_processors: Sequence[SpanProcessor] = (),
+    metric_readers: Sequence[MetricReader] = (),
+    log_processors: Sequence[Any] = (),
+    cuda: CudaBackend | None = None,
+    nvml: NvmlBackend | None = None,
+    standalone: bool = False,
+) -> Handle:
+    """Build a pipeline from `Settings` plus explicit processors and readers, and make it otel_vision's runtime.
+
+    `configure()` passes the OTLP exporters. ``standalone=True`` (used by `otel_vision.testing`) leaves the active
+    pipeline, the OpenTelemetry globals and the exit hook alone; the caller restores the previous runtime itself.
+    """
+    global _active, _atexit_registered
+    with _lock:
+        if _active is not None and not standalone:
+            logger.info("otel_vision: configure() called again; shutting the previous pipeline down first")
+            _active.shutdown()
+        if settings.disabled:
+            logger.debug("otel_vision: OTEL_SDK_DISABLED is set; telemetry is off")
+            return Handle(settings)
+
+        gpu = None
+        if settings.gpu:
+            gpu = GpuTelemetry(
+                interval=settings.gpu_sample_interval,
+                history=settings.gpu_history,
+                track_peak=settings.gpu_peak_memory,
+                cuda=cuda,
+                nvml=nvml,
+            )
+        resource = _resource(settings, gpu)
+        sampler = ParentBased(TraceIdRatioBased(settings.sample_rate)) if settings.sample_rate is not None else None
+
+        processors = list(span_processors)
+        exporter = _span_exporter(settings)
+        if exporter is not None:
+            processors.append(BatchSpanProcessor(exporter))
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+        if gpu is not None:
+            tracer_provider.add_span_processor(gpu.span_processor(processors))
+        else:
+            for processor in processors:
+                tracer_provider.add_span_processor(processor)
+
+        readers = list(metric_readers)
+        metric_exporter = _metric_exporter(settings)
+        if metric_exporter is not None:
+            readers.append(PeriodicExportingMetricReader(metric_exporter))
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
+        if gpu is not None:
+            gpu.start(meter)
+
+        logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        for log_processor in log_processors:
+            logger_provider.add_log_record_processor(log_processor)
+        log_exporter = _log_exporter(settings)
+        if log_exporter is not None:
+            logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+
+        handle = Handle(settings, tracer_provider, meter_provider, logger_provider, gpu, standalone=standalone)
+        if settings.logs:
+            _attach_logging(handle, logger_provider, settings.log_level)
+
+        _runtime.install(
+            _runtime.Runtime(
+                tracer=tracer_provider.get_tracer(_runtime.SCOPE, __version__),
+                instruments=Instruments(meter),
+                gpu=gpu.probe if gpu is not None else None,
+            )
+        )
+        if standalone:
+            return handle
+        _set_globals(tracer_provider, meter_provider, logger_provider)
+        if not _atexit_registered:
+            atexit.register(_shutdown_at_exit)
+            _atexit_registered = True
+        _active = handle
+        return handle
+
+
+def _attach_logging(handle: Handle, logger_provider: LoggerProvider, level: int) -> None:
+    root = logging.getLogger()
+    if not root.handlers and logging.lastResort is not None:
+        # Python prints warnings to stderr only while the root logger has no handler; adding ours would silence
+        # that, so keep the same behaviour explicitly.
+        root.addHandler(logging.lastResort)
+        handle._log_handlers.append(logging.lastResort)
+    handler = LoggingHandler(level=level, logger_provider=logger_provider)
+    handler.addFilter(_NotOurLogs())
+    root.addHandler(handler)
+    handle._log_handlers.append(handler)
+
+
+def _set_globals(
+    tracer_provider: TracerProvider, meter_provider: MeterProvider, logger_provider: LoggerProvider
+) -> None:
+    global _global_tracer_provider, _globals_set
+    if _global_tracer_provider is not None:
+        _global_tracer_provider.target = tracer_provider
+        return
+    if _globals_set:
+        return
+    _globals_set = True
+    current = trace.get_tracer_provider()
+    if not isinstance(current, trace.ProxyTracerProvider):
+        logger.warning("otel_vision: a global TracerProvider is already set; otel_vision keeps using its own")
+    else:
+        _global_tracer_provider = _GlobalTracerProvider(tracer_provider)
+        trace.set_tracer_provider(_global_tracer_provider)
+    # Meter and logger providers can be set once per process; after a re-configure(), instruments that other
+    # libraries created from the global meter keep the first pipeline (documented in docs/configuration.md). The API
+    # itself warns and keeps the existing one if the application set its own.
+    metrics.set_meter_provider(meter_provider)
+    _logs.set_logger_provider(logger_provider)
+
+
+def _shutdown_at_exit() -> None:
+    handle = _active
+    if handle is not None:
+        handle.shutdown()
+
+
+def configure(
+    service_name: str | None = None,
+    *,
+    resource_attributes: Mapping[str, str | int | float | bool] | None = None,
+    protocol: str | None = None,
+    endpoint: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    exporter: str | None = None,
+    sample_rate: float | None = None,
+    gpu: bool | None = None,
+    gpu_sample_interval: float | None = None,
+    gpu_history: float | None = None,
+    gpu_peak_memory: bool | None = None,
+    logs: bool | None = None,
+    log_level: int | str | None = None,
+    additional_span_processors: Sequence[SpanProcessor] = (),
+    additional_metric_readers: Sequence[MetricReader] = (),
+) -> Handle:
+    """Set up traces, metrics and logs for this process, once; standard ``OTEL_*`` variables are honoured.
+
+    ```python
+    import otel_vision
+
+    otel_vision.configure(service_name="yolo-edge")
+    ```
+
+    Every argument left ``None`` falls back to its environment variable, then to its default (see
+    ``docs/configuration.md``); an invalid value raises ``ValueError`` naming the argument or variable. Exporting is
+    OTLP over gRPC unless ``protocol="http/protobuf"`` or ``OTEL_EXPORTER_OTLP_PROTOCOL`` says otherwise; the
+    endpoint, headers and timeout come from the standard variables unless given here. With ``OTEL_SDK_DISABLED=true``
+    nothing is built and the returned handle does nothing. The pipeline is flushed and stopped at interpreter exit.
+
+    Args:
+        service_name: ``service.name`` (else ``OTEL_SERVICE_NAME``, else the SDK default).
+        resource_attributes: more resource attributes; they win over ``OTEL_RESOURCE_ATTRIBUTES``.
+        protocol: ``grpc`` or ``http/protobuf``.
+        endpoint: collector base URL, e.g. ``http://127.0.0.1:4317``; the per-signal path is added for HTTP.
+        headers: exporter headers, e.g. an auth token.
+        exporter: ``otlp``, ``console`` or ``none`` for all signals (else ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER``).
+        sample_rate: head-sampling ratio honouring the parent's decision (else ``OTEL_TRACES_SAMPLER``).
+        gpu: GPU telemetry on or off (``OTEL_VISION_GPU``).
+        gpu_sample_interval: seconds between NVML polls (``OTEL_VISION_GPU_SAMPLE_INTERVAL``, default 1).
+        gpu_history: seconds of NVML history kept (``OTEL_VISION_GPU_HISTORY``, default 300).
+        gpu_peak_memory: per-span ``gpu.memory.peak`` (``OTEL_VISION_GPU_PEAK_MEMORY``, default on).
+        logs: export stdlib ``logging`` records (``OTEL_VISION_LOGS``, default on).
+        log_level: lowest level exported (``OTEL_VISION_LOG_LEVEL``, default ``INFO``).
+        additional_span_processors: more span processors (they also receive the GPU-completed spans).
+        additional_metric_readers: more metric readers, e.g. a Prometheus reader.
+
+    Returns:
+        The `Handle` of the new pipeline.
+    """
+    settings = _config.resolve(
+        service_name=service_name,
+        resource_attributes=resource_attributes,
+        protocol=protocol,
+        endpoint=endpoint,
+        headers=headers,
+        exporter=exporter,
+        sample_rate=sample_rate,
+        gpu=gpu,
+        gpu_sample_interval=gpu_sample_interval,
+        gpu_history=gpu_history,
+        gpu_peak_memory=gpu_peak_memory,
+        logs=logs,
+        log_level=log_level,
+    )
+    return build(settings, span_processors=additional_span_processors, metric_readers=additional_metric_readers)
+
+
+def shutdown(timeout: float = 10.0) -> None:
+    """Flush and stop the pipeline `configure()` built (also done automatically at exit)."""
+    handle = _active
+    if handle is not None:
+        handle.shutdown(timeout)
+
+
+def active_handle() -> Handle | None:
+    """The pipeline currently in use, if any."""
+    return _active

@@ -1,0 +1,289 @@
+"""`stage()`: one object that is both a decorator and a context manager, for every kind of callable."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from contextvars import ContextVar
+from time import perf_counter
+from types import GeneratorType, TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from otel_vision import _runtime
+from otel_vision._errors import error_type, report_internal_error
+from otel_vision._metrics import Instruments
+from otel_vision.attributes import ERROR_TYPE, VISION_ABANDONED, VISION_ITEMS, VISION_MODEL_NAME, VISION_STAGE
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Active:
+    """One running stage: its span, the runtime it started under, GPU bookkeeping and the host start time."""
+
+    __slots__ = ("cv_token", "gpu", "runtime", "span", "t0", "token")
+
+    def __init__(self, runtime: _runtime.Runtime, span: Span, gpu: object, t0: float) -> None:
+        self.runtime = runtime
+        self.span = span
+        self.gpu = gpu
+        self.t0 = t0
+        self.token: object = None
+        self.cv_token: object = None
+
+
+def record_failure(span: Span, exc: BaseException) -> str | None:
+    """Record ``exc`` on ``span`` (status ERROR, ``error.type``) and return its ``error.type``.
+
+    Only `Exception` counts as a failure: `GeneratorExit`, `KeyboardInterrupt` and task cancellation are control flow.
+    """
+    if not isinstance(exc, Exception):
+        return None
+    kind = error_type(exc)
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    span.set_attribute(ERROR_TYPE, kind)
+    return kind
+
+
+class stage:
+    """Trace a block, function, coroutine or generator as one pipeline stage.
+
+    ```python
+    @otel_vision.stage("preprocess")
+    def preprocess(frame): ...
+
+    with otel_vision.stage("postprocess", attributes={"vision.batch.size": 8}):
+        ...
+    ```
+
+    The span is named after the stage and carries ``vision.stage``; each stage records ``vision.stage.duration``.
+    Generators are traced over their whole iteration: the span starts at the first ``next()`` and ends on
+    exhaustion, on an exception, on ``close()`` or when the generator is garbage-collected (then
+    ``vision.abandoned=True``); the consumer never sees the stage's span as current between items. A plain function
+    that *returns* a generator (``stream=True`` APIs) is traced the same way. Exceptions are recorded (status ERROR,
+    ``error.type``) and re-raised unchanged. When CUDA is in use, the GPU attributes of `otel_vision.gpu` are added.
+
+    Args:
+        name: the stage name, also the span name (``preprocess``, ``inference``, … or your own).
+        attributes: span attributes set at the start. ``vision.model.name`` also becomes a metric attribute; no
+            other attribute reaches metrics, so request ids or file names here are safe.
+    """
+
+    __slots__ = ("_attributes", "_cv", "_metric_attrs", "name")
+
+    def __init__(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"stage name must be a non-empty string, got {name!r}")
+        self.name = name
+        self._attributes: dict[str, AttributeValue] = {VISION_STAGE: name, **(attributes or {})}
+        self._cv: ContextVar[_Active] | None = None
+        self._metric_attrs: tuple[Instruments, dict[str, AttributeValue]] | None = None
+
+    # --- the two halves every form shares ---------------------------------------------------------------------
+    def _start(self, parent: context.Context | None) -> _Active:
+        runtime = _runtime._current
+        span = runtime.tracer.start_span(self.name, context=parent, attributes=self._attributes)
+        gpu = None
+        if runtime.gpu is not None and span.is_recording():
+            gpu = runtime.gpu.start()
+        return _Active(runtime, span, gpu, perf_counter())
+
+    def _finish(
+        self, active: _Active, exc: BaseException | None, items: int | None = None, abandoned: bool = False
+    ) -> None:
+        duration = perf_counter() - active.t0
+        span = active.span
+        failure = record_failure(span, exc) if exc is not None else None
+        runtime = active.runtime
+        try:
+            if items is not None:
+                span.set_attribute(VISION_ITEMS, items)
+                if abandoned:
+                    span.set_attribute(VISION_ABANDONED, True)
+            if active.gpu is not None and runtime.gpu is not None:
+                runtime.gpu.finish(span, active.gpu)
+            attrs = self._base_metric_attrs(runtime.instruments)
+            if failure is not None:
+                attrs = {**attrs, ERROR_TYPE: runtime.instruments.guard(ERROR_TYPE, failure)}
+            runtime.instruments.stage_duration.record(duration, attrs)
+        except Exception:  # never let our bookkeeping replace the user's result or exception
+            report_internal_error("stage bookkeeping")
+        span.end()
+
+    def _base_metric_attrs(self, instruments: Instruments) -> dict[str, AttributeValue]:
+        cached = self._metric_attrs
+        if cached is not None and cached[0] is instruments:
+            return cached[1]
+        attrs = instruments.metric_attributes(
+            {VISION_STAGE: self.name, VISION_MODEL_NAME: self._attributes.get(VISION_MODEL_NAME)}
+        )
+        self._metric_attrs = (instruments, attrs)
+        return attrs
+
+    # --- context manager --------------------------------------------------------------------------------------
+    def __enter__(self) -> Span:
+        active = self._start(None)
+        active.token = context.attach(trace.set_span_in_context(active.span))
+        if self._cv is None:
+            # A ContextVar (not an attribute) holds the running stage, so one stage object can be entered from
+            # several threads or tasks at once, and nested in itself.
+            self._cv = ContextVar(f"otel_vision.stage.{self.name}")
+        active.cv_token = self._cv.set(active)
+        return active.span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._cv is not None  # __enter__ ran
+        active = self._cv.get()
+        self._cv.reset(active.cv_token)  # type: ignore[arg-type]  # the Token set() returned in __enter__
+        self._finish(active, exc)
+        context.detach(active.token)  # type: ignore[arg-type]  # the Token attach() returned in __enter__
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # --- decorator --------------------------------------------------------------------------------------------
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if not callable(fn):
+            raise TypeError(f"stage({self.name!r}) decorates a callable, got {fn!r}")
+        if inspect.isasyncgenfunction(fn):
+            wrapper: Callable[..., Any] = self._wrap_async_generator_function(fn)
+        elif inspect.iscoroutinefunction(fn):
+            wrapper = self._wrap_coroutine_function(fn)
+        elif inspect.isgeneratorfunction(fn):
+            wrapper = self._wrap_generator_function(fn)
+        else:
+            wrapper = self._wrap_function(fn)
+        return cast(Callable[P, R], functools.wraps(fn)(wrapper))
+
+    def _wrap_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            active = self._start(None)
+            token = context.attach(trace.set_span_in_context(active.span))
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(active, exc)
+                raise
+            finally:
+                context.detach(token)
+            if type(result) is GeneratorType:
+                # A function returning a generator (stream=True APIs): the stage goes on over the iteration.
+                return self._iterate(result, context.get_current(), active)
+            self._finish(active, None)
+            return result
+
+        return traced
+
+    def _wrap_coroutine_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def traced(*args: Any, **kwargs: Any) -> Any:
+            active = self._start(None)
+            token = context.attach(trace.set_span_in_context(active.span))
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(active, exc)
+                raise
+            finally:
+                context.detach(token)
+            self._finish(active, None)
+            return result
+
+        return traced
+
+    def _wrap_generator_function(self, fn: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Any]:
+        def traced(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            # Creating the generator runs none of its code; the stage starts at the first next().
+            return self._iterate(fn(*args, **kwargs), context.get_current(), None)
+
+        return traced
+
+    def _wrap_async_generator_function(self, fn: Callable[..., AsyncGenerator[Any, Any]]) -> Callable[..., Any]:
+        def traced(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            return self._aiterate(fn(*args, **kwargs), context.get_current())
+
+        return traced
+
+    def _iterate(
+        self, gen: Generator[Any, Any, Any], parent: context.Context, active: _Active | None
+    ) -> Generator[Any, Any, Any]:
+        if active is None:
+            active = self._start(parent)
+        ctx = trace.set_span_in_context(active.span, parent)
+        items = 0
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            token = context.attach(ctx)
+            try:
+                item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
+            except StopIteration as stop:
+                self._finish(active, None, items)
+                return stop.value
+            except BaseException as exc:
+                self._finish(active, exc, items)
+                raise
+            finally:
+                context.detach(token)
+                to_throw = None
+            items += 1
+            try:
+                to_send = yield item
+            except GeneratorExit:
+                # close() by the consumer or garbage collection: close the inner generator under our span.
+                token = context.attach(ctx)
+                try:
+                    gen.close()
+                finally:
+                    self._finish(active, None, items, abandoned=True)
+                    context.detach(token)
+                raise
+            except BaseException as exc:  # gen.throw() by the consumer: forward it
+                to_throw = exc
+                to_send = None
+
+    async def _aiterate(self, agen: AsyncGenerator[Any, Any], parent: context.Context) -> AsyncGenerator[Any, Any]:
+        active = self._start(parent)
+        ctx = trace.set_span_in_context(active.span, parent)
+        items = 0
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            token = context.attach(ctx)
+            try:
+                item = await (agen.asend(to_send) if to_throw is None else agen.athrow(to_throw))
+            except StopAsyncIteration:
+                self._finish(active, None, items)
+                return
+            except BaseException as exc:
+                self._finish(active, exc, items)
+                raise
+            finally:
+                context.detach(token)
+                to_throw = None
+            items += 1
+            try:
+                to_send = yield item
+            except GeneratorExit:
+                token = context.attach(ctx)
+                try:
+                    await agen.aclose()
+                finally:
+                    self._finish(active, None, items, abandoned=True)
+                    context.detach(token)
+                raise
+            except BaseException as exc:
+                to_throw = exc
+                to_send = None

@@ -1,0 +1,89 @@
+"""Every span-attribute, resource-attribute and metric name that otel_vision emits.
+
+This module is the single source of truth: no other module spells a name. Names under ``hw.*`` follow the
+OpenTelemetry hardware semantic conventions (status: development); ``vision.*``, ``diffusion.*`` and ``gpu.*`` are
+ours and documented in ``docs/names.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- span attributes -------------------------------------------------------------------------------------------
+VISION_OPERATION: Final = "vision.operation"
+"""Root spans: ``predict``, ``track``, ``val``, ``pipeline``, ``request``, …"""
+VISION_STAGE: Final = "vision.stage"
+"""Stage spans: ``load``, ``preprocess``, ``inference``, ``postprocess``, … or the user's own name."""
+VISION_MODEL_NAME: Final = "vision.model.name"
+VISION_TASK: Final = "vision.task"
+VISION_BATCH_SIZE: Final = "vision.batch.size"
+VISION_IMAGE_WIDTH: Final = "vision.image.width"
+VISION_IMAGE_HEIGHT: Final = "vision.image.height"
+VISION_DETECTIONS_COUNT: Final = "vision.detections.count"
+VISION_INSTRUCTION_CATEGORY: Final = "vision.instruction.category"
+VISION_PROMPT: Final = "vision.prompt"
+"""Recorded only when prompt capture is switched on."""
+VISION_ITEMS: Final = "vision.items"
+"""Generator stages: how many items the generator produced."""
+VISION_ABANDONED: Final = "vision.abandoned"
+"""Generator stages: ``True`` when the consumer stopped before exhaustion (``close()`` or garbage collection)."""
+
+DIFFUSION_STEP_INDEX: Final = "diffusion.step.index"
+DIFFUSION_STEP_TIMESTEP: Final = "diffusion.step.timestep"
+DIFFUSION_NUM_INFERENCE_STEPS: Final = "diffusion.num_inference_steps"
+DIFFUSION_GUIDANCE_SCALE: Final = "diffusion.guidance_scale"
+DIFFUSION_IMAGE_GUIDANCE_SCALE: Final = "diffusion.image_guidance_scale"
+DIFFUSION_SCHEDULER: Final = "diffusion.scheduler"
+
+GPU_TIME: Final = "gpu.time"
+"""Seconds of device time between CUDA events recorded at the stage's start and end."""
+GPU_MEMORY_ALLOCATED: Final = "gpu.memory.allocated"
+"""Span attribute: torch allocator bytes at the stage's end. Also the name of the per-device observable metric."""
+GPU_MEMORY_PEAK: Final = "gpu.memory.peak"
+"""Peak torch allocator bytes during the stage (correct under nesting)."""
+GPU_MEMORY_RESERVED: Final = "gpu.memory.reserved"
+"""Metric: bytes held by the torch caching allocator, per device."""
+GPU_UTILIZATION: Final = "gpu.utilization"
+"""0–1, mean NVML utilization over the stage's own time window."""
+GPU_DEVICE: Final = "gpu.device"
+"""Metric attribute of the torch allocator metrics: the CUDA device index in this process."""
+
+ERROR_TYPE: Final = "error.type"
+CUDA_OOM: Final = "cuda_oom"
+"""Value of ``error.type`` for CUDA out-of-memory errors."""
+
+# --- hardware semantic conventions (metrics attributes; ``hw.id`` also on stage spans) ------------------------
+HW_ID: Final = "hw.id"
+HW_NAME: Final = "hw.name"
+HW_VENDOR: Final = "hw.vendor"
+HW_TYPE: Final = "hw.type"
+HW_GPU_TASK: Final = "hw.gpu.task"
+HW_SENSOR_LOCATION: Final = "hw.sensor_location"
+
+# --- resource attributes ---------------------------------------------------------------------------------------
+GPU_MODEL: Final = "gpu.model"
+"""Resource: model name of the first GPU, when NVML sees one."""
+GPU_DRIVER_VERSION: Final = "gpu.driver_version"
+GPU_COUNT: Final = "gpu.count"
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+METRIC_STAGE_DURATION: Final = "vision.stage.duration"
+METRIC_REQUEST_DURATION: Final = "vision.request.duration"
+METRIC_REQUESTS: Final = "vision.requests"
+METRIC_QUEUE_DURATION: Final = "vision.queue.duration"
+METRIC_IMAGES: Final = "vision.images"
+METRIC_DETECTIONS: Final = "vision.detections"
+
+METRIC_HW_GPU_UTILIZATION: Final = "hw.gpu.utilization"
+METRIC_HW_GPU_MEMORY_USAGE: Final = "hw.gpu.memory.usage"
+METRIC_HW_GPU_MEMORY_LIMIT: Final = "hw.gpu.memory.limit"
+METRIC_HW_GPU_MEMORY_UTILIZATION: Final = "hw.gpu.memory.utilization"
+METRIC_HW_POWER: Final = "hw.power"
+METRIC_HW_ENERGY: Final = "hw.energy"
+METRIC_HW_TEMPERATURE: Final = "hw.temperature"
+METRIC_GPU_MEMORY_ALLOCATED: Final = GPU_MEMORY_ALLOCATED
+METRIC_GPU_MEMORY_RESERVED: Final = GPU_MEMORY_RESERVED
+
+# --- well-known values -----------------------------------------------------------------------------------------
+OTHER: Final = "other"
+"""Replaces a metric attribute value once its cardinality cap is reached."""

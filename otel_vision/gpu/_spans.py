@@ -1,0 +1,284 @@
+"""GPU attributes on stage spans: cheap bookkeeping on the inference thread, the rest in the export path.
+
+On the inference thread a stage records a pooled CUDA event at its start and end and reads the allocator counters
+(no NVML call, no synchronization). `GpuSpanProcessor` sits in front of the span processors; a span that carries
+GPU bookkeeping waits in its queue until its end event has completed (a non-blocking ``query()`` from a background
+thread) and the NVML sampler has covered its window, and only then is passed on with ``gpu.time`` and
+``gpu.utilization`` added.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import Span as ApiSpan
+
+from otel_vision._errors import report_internal_error
+from otel_vision.attributes import GPU_MEMORY_ALLOCATED, GPU_MEMORY_PEAK, GPU_TIME, GPU_UTILIZATION, HW_ID
+from otel_vision.gpu._backends import CudaBackend
+from otel_vision.gpu._sampler import NvmlSampler, Window
+
+logger = logging.getLogger("otel_vision.gpu")
+
+
+@dataclass(eq=False)
+class _Frame:
+    """One stage running on one device."""
+
+    device: int
+    start_event: object
+    carried_peak: int = 0
+    """Highest allocator peak seen in this frame before a nested stage reset the counter."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    device: int
+    start_event: object
+    end_event: object
+    hw_id: str | None
+    span: ReadableSpan | None = None
+    deadline: float = 0.0
+
+
+class PeakTracker:
+    """Per-span allocator peaks that stay correct when stages nest or run concurrently on one device.
+
+    torch keeps one peak counter per device. At each stage start we fold the counter into every running frame,
+    then reset it; at a stage end its peak is the larger of what it carried and the counter. Outer frames thus see
+    the inner peaks, and no frame loses a peak to another frame's reset.
+    """
+
+    def __init__(self, cuda: CudaBackend) -> None:
+        self._cuda = cuda
+        self._active: dict[int, set[_Frame]] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, frame: _Frame) -> None:
+        with self._lock:
+            active = self._active.setdefault(frame.device, set())
+            if active:
+                peak = self._cuda.memory(frame.device).peak
+                for other in active:
+                    if peak > other.carried_peak:
+                        other.carried_peak = peak
+            self._cuda.reset_peak(frame.device)
+            active.add(frame)
+
+    def exit(self, frame: _Frame, counter_peak: int) -> int:
+        with self._lock:
+            self._active.get(frame.device, set()).discard(frame)
+            return max(frame.carried_peak, counter_peak)
+
+
+class SpanGpuProbe:
+    """The inference-thread half: called by `stage()` (and the instrumentors) at a span's start and end."""
+
+    def __init__(self, cuda: CudaBackend, *, track_peak: bool = True) -> None:
+        self._cuda = cuda
+        self._peaks = PeakTracker(cuda) if track_peak else None
+        self._pending: dict[int, _Pending] = {}
+        self._broken = False
+
+    def start(self) -> _Frame | None:
+        """Record the start event when CUDA is in use; ``None`` otherwise (then `finish` is not called)."""
+        if self._broken:
+            return None
+        try:
+            device = self._cuda.active_device()
+            if device is None:
+                return None
+            frame = _Frame(device, self._cuda.record_event(device))
+            if self._peaks is not None:
+                self._peaks.enter(frame)
+            return frame
+        except Exception:
+            self._broken = True
+            report_internal_error("GPU span bookkeeping (start)")
+            return None
+
+    def finish(self, span: ApiSpan, frame: object) -> None:
+        """Record the end event, set the allocator attributes, and leave the events for the export path."""
+        assert isinstance(frame, _Frame)
+        try:
+            cuda = self._cuda
+            end_event = cuda.record_event(frame.device)
+            memory = cuda.memory(frame.device)
+            hw_id = cuda.device_uuid(frame.device)
+            attributes: dict[str, int | str] = {GPU_MEMORY_ALLOCATED: memory.allocated}
+            if self._peaks is not None:
+                attributes[GPU_MEMORY_PEAK] = self._peaks.exit(frame, memory.peak)
+            if hw_id is not None:
+                attributes[HW_ID] = hw_id
+            span.set_attributes(attributes)
+            self._pending[span.get_span_context().span_id] = _Pending(frame.device, frame.start_event, end_event, hw_id)
+        except Exception:
+            self._broken = True
+            report_internal_error("GPU span bookkeeping (end)")
+
+    def take(self, span_id: int) -> _Pending | None:
+        """Hand the pending events of a finished span to the export path."""
+        return self._pending.pop(span_id, None)
+
+
+@dataclass
+class _Queue:
+    items: deque[_Pending] = field(default_factory=deque)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class GpuSpanProcessor(SpanProcessor):
+    """Completes ``gpu.time`` and ``gpu.utilization`` off the inference thread, then forwards to ``processors``.
+
+    Spans without GPU bookkeeping are forwarded at once. A span with bookkeeping is forwarded when its end event
+    has completed and the sampler has a sample after its end, or after ``max_delay`` seconds (then without the
+    attribute that could not be computed).
+    """
+
+    def __init__(
+        self,
+        probe: SpanGpuProbe,
+        cuda: CudaBackend,
+        sampler: NvmlSampler | None,
+        processors: Sequence[SpanProcessor],
+        *,
+        max_delay: float = 10.0,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self._probe = probe
+        self._cuda = cuda
+        self._sampler = sampler
+        self._processors = tuple(processors)
+        self._max_delay = max_delay
+        self._poll_interval = poll_interval
+        self._queue = _Queue()
+        self._drain_lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="otel-vision-gpu-spans", daemon=True)
+        self._thread.start()
+
+    # --- SpanProcessor ------------------------------------------------------------------------------------------
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for processor in self._processors:
+            processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        pending = self._probe.take(context.span_id) if context is not None else None
+        if pending is None:
+            self._forward(span)
+            return
+        pending.span = span
+        pending.deadline = time.monotonic() + self._max_delay
+        with self._queue.cond:
+            self._queue.items.append(pending)
+            self._queue.cond.notify()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Pass every waiting span on: wait (bounded) for their events, take the samples there are now."""
+        deadline = time.monotonic() + timeout_millis / 1000.0
+        if self._sampler is not None and self._sampler.running:
+            self._sampler.poll()
+        while True:
+            self._drain(force=False, flushing=True)
+            with self._queue.cond:
+                empty = not self._queue.items
+            if empty or time.monotonic() >= deadline:
+                break
+            time.sleep(self._poll_interval)
+        self._drain(force=True, flushing=True)
+        remaining = max(0, int((deadline - time.monotonic()) * 1000))
+        return all(p.force_flush(remaining) for p in self._processors)
+
+    def shutdown(self) -> None:
+        self.force_flush(timeout_millis=int(self._max_delay * 1000))
+        self._stopping = True
+        with self._queue.cond:
+            self._queue.cond.notify()
+        self._thread.join(timeout=5)
+        for processor in self._processors:
+            processor.shutdown()
+
+    # --- export path ----------------------------------------------------------------------------------------
+    def _forward(self, span: ReadableSpan) -> None:
+        for processor in self._processors:
+            processor.on_end(span)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            with self._queue.cond:
+                if not self._queue.items:
+                    self._queue.cond.wait(timeout=1.0)
+            self._drain(force=False)
+            if self._queue.items:
+                time.sleep(self._poll_interval)
+
+    def _drain(self, *, force: bool, flushing: bool = False) -> None:
+        # One drain at a time: a flush must not see an empty queue while the resolver holds a batch.
+        with self._drain_lock:
+            self._drain_locked(force=force, flushing=flushing)
+
+    def _drain_locked(self, *, force: bool, flushing: bool) -> None:
+        with self._queue.cond:
+            batch = list(self._queue.items)
+            self._queue.items.clear()
+        waiting = []
+        now = time.monotonic()
+        for pending in batch:
+            try:
+                enriched = self._resolve(pending, force=force or now >= pending.deadline, flushing=flushing)
+            except Exception:
+                report_internal_error("GPU span enrichment")
+                enriched = pending.span
+            if enriched is None:
+                waiting.append(pending)
+            else:
+                self._forward(enriched)
+        if waiting:
+            with self._queue.cond:
+                self._queue.items.extendleft(reversed(waiting))
+
+    def _resolve(self, pending: _Pending, *, force: bool, flushing: bool = False) -> ReadableSpan | None:
+        span = pending.span
+        assert span is not None
+        events_done = self._cuda.event_done(pending.end_event)
+        utilization: float | str | None = None
+        if self._sampler is not None and pending.hw_id is not None and span.start_time and span.end_time:
+            utilization = self._sampler.window_mean(
+                pending.hw_id, span.start_time, span.end_time, partial=flushing or force
+            )
+        if not force and (not events_done or utilization == Window.PENDING):
+            return None
+        extra: dict[str, float] = {}
+        if events_done:
+            extra[GPU_TIME] = self._cuda.elapsed_seconds(pending.start_event, pending.end_event)
+            self._cuda.release_event(pending.device, pending.start_event)
+            self._cuda.release_event(pending.device, pending.end_event)
+        if isinstance(utilization, float):
+            extra[GPU_UTILIZATION] = utilization
+        return _with_attributes(span, extra) if extra else span
+
+
+def _with_attributes(span: ReadableSpan, extra: dict[str, float]) -> ReadableSpan:
+    """A copy of a finished span with attributes added (finished spans are immutable)."""
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes={**(span.attributes or {}), **extra},
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )

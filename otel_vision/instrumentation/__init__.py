@@ -1,0 +1,1 @@
+"""Instrumentors for vision libraries, one subpackage per library, each a `BaseInstrumentor`."""
