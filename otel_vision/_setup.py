@@ -31,7 +31,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -171,7 +171,6 @@ def _resource(settings: _config.Settings, gpu: GpuTelemetry | None) -> Resource:
     # Our defaults go under everything Resource.create() merges (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME), and
     # the explicit arguments on top: argument > environment > default.
     defaults: dict[str, Any] = {
-        "service.instance.id": str(uuid.uuid4()),
         "host.name": socket.gethostname(),
         "host.arch": platform.machine(),
         "os.type": sys.platform,
@@ -185,7 +184,22 @@ def _resource(settings: _config.Settings, gpu: GpuTelemetry | None) -> Resource:
     explicit: dict[str, Any] = dict(settings.resource_attributes)
     if settings.service_name is not None:
         explicit["service.name"] = settings.service_name
-    return Resource(defaults).merge(Resource.create(explicit))
+    created = Resource.create(explicit)
+    if _INSTANCE_ID not in explicit and _INSTANCE_ID not in OTELResourceDetector().detect().attributes:
+        # Unique per process, also in a forked worker (the SDK's own default id is shared with the parent).
+        created = created.merge(Resource({_INSTANCE_ID: _instance_id()}))
+    return Resource(defaults).merge(created)
+
+
+_INSTANCE_ID = "service.instance.id"
+_instance: tuple[int, str] | None = None
+
+
+def _instance_id() -> str:
+    global _instance
+    if _instance is None or _instance[0] != os.getpid():
+        _instance = (os.getpid(), str(uuid.uuid4()))
+    return _instance[1]
 
 
 def _otlp_kwargs(settings: _config.Settings, signal: str) -> dict[str, Any]:

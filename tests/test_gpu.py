@@ -1,0 +1,233 @@
+"""GPU telemetry end to end on a fake device: span attributes, the window join, nested peaks, metrics, failures."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+import otel_vision
+from otel_vision.gpu import DeviceInfo, GpuTelemetry, GpuUnavailable
+from otel_vision.testing import CapturedTelemetry, FakeGpu, FakeNvml, capture_telemetry
+
+UUID = "GPU-00000000-fake-0000-0000-000000000000"
+
+
+class TestSpanAttributes:
+    def test_gpu_time_memory_and_identity(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
+        """A stage on CUDA gets gpu.time from its events, allocator bytes and the GPU's UUID as hw.id."""
+        fake_gpu.cuda.allocate(1000)
+        with otel_vision.stage("inference"):
+            fake_gpu.cuda.allocate(4096)
+            fake_gpu.cuda.run(0.0125)
+            fake_gpu.cuda.free(4096)
+        span = vision_telemetry.span("inference")
+        assert span.attributes["gpu.time"] == pytest.approx(0.0125)
+        assert span.attributes["gpu.memory.allocated"] == 1000
+        assert span.attributes["gpu.memory.peak"] == 5096
+        assert span.attributes["hw.id"] == UUID
+
+    def test_no_cuda_in_use_means_no_gpu_attributes(
+        self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu
+    ) -> None:
+        """A stage that runs while CUDA is not initialized carries no GPU attribute."""
+        fake_gpu.cuda.initialized = False
+        with otel_vision.stage("preprocess"):
+            pass
+        assert not any(k.startswith(("gpu.", "hw.")) for k in vision_telemetry.span("preprocess").attributes)
+
+    def test_stage_never_waits_for_the_device(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
+        """While the device has not finished, the stage still returns at once; the span waits in the export path."""
+        fake_gpu.cuda.hold_events()
+        with otel_vision.stage("inference"):
+            fake_gpu.cuda.run(0.5)
+        # The span has ended on the inference thread but is not exported before its end event completes.
+        assert vision_telemetry.span_exporter.get_finished_spans() == ()
+        fake_gpu.cuda.complete_events()
+        assert vision_telemetry.span("inference").attributes["gpu.time"] == pytest.approx(0.5)
+
+    def test_incomplete_events_exported_without_gpu_time_after_deadline(self, fake_gpu: FakeGpu) -> None:
+        """If the device never finishes, a flush exports the span without gpu.time instead of blocking forever."""
+        with capture_telemetry(fake_gpu=fake_gpu) as captured:
+            fake_gpu.cuda.hold_events()
+            with otel_vision.stage("inference"):
+                fake_gpu.cuda.run(1.0)
+            assert captured.handle.force_flush(timeout_millis=200)
+            (span,) = captured.span_exporter.get_finished_spans()
+            assert "gpu.time" not in span.attributes and span.attributes["hw.id"] == UUID
+
+    def test_nested_peaks(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
+        """Each stage's gpu.memory.peak is its own: inner peaks are seen by outer stages, later ones are not."""
+        cuda = fake_gpu.cuda
+        with otel_vision.stage("outer"):
+            cuda.allocate(100)
+            with otel_vision.stage("first"):
+                cuda.allocate(900)  # 1000 live
+                cuda.free(900)
+            with otel_vision.stage("second"):
+                cuda.allocate(400)  # 500 live
+                cuda.free(400)
+            cuda.allocate(50)  # 150 live
+        assert vision_telemetry.span("first").attributes["gpu.memory.peak"] == 1000
+        assert vision_telemetry.span("second").attributes["gpu.memory.peak"] == 500
+        assert vision_telemetry.span("outer").attributes["gpu.memory.peak"] == 1000
+        assert vision_telemetry.span("outer").attributes["gpu.memory.allocated"] == 150
+
+    def test_concurrent_peaks_do_not_steal_each_other(
+        self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu
+    ) -> None:
+        """A stage starting in another thread (which resets the device counter) does not erase a running stage's peak."""
+        cuda = fake_gpu.cuda
+        started, go_on = threading.Event(), threading.Event()
+
+        def other() -> None:
+            started.wait()
+            with otel_vision.stage("other"):
+                pass
+            go_on.set()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        with otel_vision.stage("big"):
+            cuda.allocate(8000)
+            cuda.free(8000)
+            started.set()
+            go_on.wait()
+        thread.join()
+        assert vision_telemetry.span("big").attributes["gpu.memory.peak"] == 8000
+
+    def test_utilization_is_the_mean_over_the_span_window(
+        self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu
+    ) -> None:
+        """gpu.utilization averages the samples inside the span plus the first one after its end, nothing before."""
+        nvml = fake_gpu.nvml
+        nvml.add_sample(0.05, at_ns=time.time_ns() - 10_000_000)  # before the span: ignored
+        with otel_vision.stage("inference") as span:
+            start = span.start_time  # type: ignore[attr-defined]  # an SDK span
+            time.sleep(0.02)
+            nvml.add_sample(0.6, at_ns=start + 5_000_000)
+            nvml.add_sample(0.8, at_ns=start + 10_000_000)
+        nvml.add_sample(1.0, at_ns=time.time_ns() + 1_000_000)  # covers the span's tail
+        nvml.add_sample(0.0, at_ns=time.time_ns() + 500_000_000)  # later still: ignored
+        assert vision_telemetry.span("inference").attributes["gpu.utilization"] == pytest.approx(0.8)
+
+    def test_short_span_takes_the_sample_covering_it(
+        self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu
+    ) -> None:
+        """A span shorter than the sample period gets the value of the sample whose period contains it."""
+        with otel_vision.stage("inference"):
+            pass
+        fake_gpu.nvml.add_sample(0.42, at_ns=time.time_ns() + 1_000_000)
+        assert vision_telemetry.span("inference").attributes["gpu.utilization"] == pytest.approx(0.42)
+
+    def test_mig_has_no_utilization(self, fake_gpu: FakeGpu) -> None:
+        """On a MIG slice (no utilization counters) spans keep the other GPU attributes, without waiting."""
+        fake_gpu.nvml.reports_utilization = False
+        with capture_telemetry(fake_gpu=fake_gpu) as captured:
+            with otel_vision.stage("inference"):
+                fake_gpu.cuda.run(0.001)
+            span = captured.span("inference")
+            assert "gpu.utilization" not in span.attributes and span.attributes["gpu.time"] == pytest.approx(0.001)
+            assert "hw.gpu.utilization" not in captured.metric_names()
+
+    def test_peak_tracking_can_be_switched_off(self, fake_gpu: FakeGpu) -> None:
+        """gpu_peak_memory=False leaves torch's peak counter alone and drops the attribute."""
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_peak_memory=False) as captured:
+            with otel_vision.stage("inference"):
+                pass
+            assert "gpu.memory.peak" not in captured.span("inference").attributes
+        assert fake_gpu.cuda.peak_resets == 0
+
+
+class TestMetrics:
+    def test_hw_gpu_metrics_per_device(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
+        """The hw.* instruments report the sampler's latest reading with hw.id, hw.name and hw.vendor."""
+        fake_gpu.nvml.add_sample(0.75)
+        vision_telemetry.handle.gpu.sampler.poll()  # type: ignore[union-attr]  # GPU telemetry is on here
+        (util,) = vision_telemetry.points("hw.gpu.utilization")
+        assert util.value == 0.75
+        assert util.attributes == {
+            "hw.id": UUID,
+            "hw.name": "Fake H100",
+            "hw.vendor": "nvidia",
+            "hw.type": "gpu",
+            "hw.gpu.task": "general",
+        }
+        assert vision_telemetry.points("hw.gpu.memory.usage")[0].value == 2 * 2**30
+        assert vision_telemetry.points("hw.gpu.memory.limit")[0].value == 80 * 2**30
+        assert vision_telemetry.points("hw.gpu.memory.utilization")[0].value == pytest.approx(2 / 80)
+        assert vision_telemetry.points("hw.power")[0].value == 120.0
+        assert vision_telemetry.points("hw.energy")[0].value == 5000.0
+        assert vision_telemetry.points("hw.temperature")[0].value == 45.0
+
+    def test_allocator_metrics(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
+        """gpu.memory.allocated and gpu.memory.reserved come from the allocator, per device."""
+        fake_gpu.cuda.allocate(3000)
+        fake_gpu.cuda.free(1000)
+        (allocated,) = vision_telemetry.points("gpu.memory.allocated")
+        (reserved,) = vision_telemetry.points("gpu.memory.reserved")
+        assert (allocated.value, reserved.value) == (2000, 3000)
+        assert allocated.attributes == {"gpu.device": 0, "hw.id": UUID}
+
+
+class TestDegradation:
+    def test_no_nvml(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Without NVML: no exception, no hw.* metric, one debug line saying why; CUDA attributes still work."""
+        gpu = FakeGpu()
+        gpu.nvml.unavailable = "NVML Shared Library Not Found"
+        with caplog.at_level(logging.DEBUG, logger="otel_vision.gpu"), capture_telemetry(fake_gpu=gpu) as captured:
+            with otel_vision.stage("inference"):
+                gpu.cuda.run(0.002)
+            span = captured.span("inference")
+            assert span.attributes["gpu.time"] == pytest.approx(0.002) and "gpu.utilization" not in span.attributes
+            assert not any(name.startswith("hw.") for name in captured.metric_names())
+        lines = [r for r in caplog.records if "NVML Shared Library Not Found" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
+
+    def test_real_backends_without_gpu_or_torch(self) -> None:
+        """On this machine's real backends (no GPU driver, maybe no torch) GPU telemetry starts and does nothing."""
+        telemetry = GpuTelemetry(interval=0.1)
+        assert telemetry.sampler is None and telemetry.nvml_error
+        assert telemetry.probe.start() is None
+        assert telemetry.resource_attributes() == {}
+
+    def test_nvml_error_while_polling(self, fake_gpu: FakeGpu) -> None:
+        """An NVML error during a poll is logged once and polling goes on; stages are unaffected."""
+
+        class Flaky(FakeNvml):
+            calls = 0
+
+            def read(self, device: DeviceInfo) -> otel_vision.gpu.DeviceReading:
+                self.calls += 1
+                if self.calls == 2:
+                    raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+                return super().read(device)
+
+        flaky = FakeGpu(nvml=Flaky())
+        with capture_telemetry(fake_gpu=flaky) as captured:
+            sampler = captured.handle.gpu.sampler  # type: ignore[union-attr]  # GPU telemetry is on here
+            sampler.poll()
+            sampler.poll()
+            with otel_vision.stage("inference"):
+                pass
+            assert captured.span("inference").attributes["hw.id"] == UUID
+
+    def test_broken_cuda_backend_never_breaks_a_stage(
+        self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu
+    ) -> None:
+        """If the CUDA backend raises, the stage returns normally and only the GPU attributes are missing."""
+
+        def broken(device: int) -> object:
+            raise RuntimeError("CUDA driver gone")
+
+        fake_gpu.cuda.record_event = broken  # type: ignore[method-assign]
+        with otel_vision.stage("inference"):
+            result = 41 + 1
+        assert result == 42
+        assert "gpu.time" not in vision_telemetry.span("inference").attributes
+
+    def test_gpu_unavailable_message(self) -> None:
+        """GpuUnavailable carries the reason shown by `otel-vision doctor`."""
+        assert str(GpuUnavailable("NVML sees no GPU")) == "NVML sees no GPU"

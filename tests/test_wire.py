@@ -1,0 +1,163 @@
+"""Telemetry on the wire, received by a real, independent OTLP receiver (rotel), and a dead collector."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PROGRAM = """
+import logging, otel_vision
+logging.basicConfig(level=logging.INFO)
+handle = otel_vision.configure(service_name="wire-test", gpu=False)
+with otel_vision.stage("request", attributes={"vision.model.name": "tiny-cnn", "vision.batch.size": 2}):
+    with otel_vision.stage("inference"):
+        logging.getLogger("app").info("inference ran")
+    try:
+        with otel_vision.stage("postprocess"):
+            raise ValueError("no boxes")
+    except ValueError:
+        pass
+handle.shutdown()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Rotel:
+    """A rotel collector on loopback that logs every span, metric and log record it receives."""
+
+    def __init__(self, workdir: Path) -> None:
+        rotel = pytest.importorskip("rotel")
+        binary = Path(rotel.__file__).parent / "rotel-agent"
+        self.grpc_port, self.http_port = _free_port(), _free_port()
+        self.output = workdir / "rotel.out"
+        self._file = self.output.open("w")
+        self.process = subprocess.Popen(
+            [
+                str(binary), "start", "--exporter", "blackhole",
+                "--debug-log", "traces", "--debug-log", "metrics", "--debug-log", "logs",
+                "--debug-log-verbosity", "detailed",
+                "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
+                "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
+                "--pid-file", str(workdir / "rotel.pid"), "--log-file", str(workdir / "rotel.log"),
+            ],
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        _wait_port(self.grpc_port)
+        _wait_port(self.http_port)
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def wait_for(self, *needles: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.text()
+            if all(n in text for n in needles):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"rotel did not receive {needles}; it logged:\n{self.text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._file.close()
+
+
+@pytest.fixture
+def rotel(tmp_path: Path) -> Iterator[Rotel]:
+    collector = Rotel(tmp_path)
+    yield collector
+    collector.stop()
+
+
+def _span_blocks(text: str) -> dict[str, str]:
+    """Map span name to its debug-log block."""
+    blocks = {}
+    for block in re.split(r"\nSpan #\d+\n", text)[1:]:
+        name = re.search(r"Name\s+: (\S+)", block)
+        if name:
+            blocks[name.group(1)] = block.split("\nResource")[0]
+    return blocks
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_spans_metrics_and_correlated_logs_arrive(rotel: Rotel, run_python: Any, protocol: str) -> None:
+    """Over gRPC and HTTP, spans with attributes, the stage histogram and logs carrying the span's ids arrive."""
+    port = rotel.grpc_port if protocol == "grpc" else rotel.http_port
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+    result = run_python(PROGRAM, env)
+    assert result.returncode == 0, result.stderr
+    text = rotel.wait_for("Name           : postprocess", "vision.stage.duration", "Body: Str(inference ran)")
+
+    spans = _span_blocks(text)
+    assert {"request", "inference", "postprocess"} <= spans.keys()
+    assert "vision.model.name: Str(tiny-cnn)" in spans["request"]
+    assert "vision.batch.size: Int(2)" in spans["request"]
+    assert "error.type: Str(ValueError)" in spans["postprocess"]
+    assert "service.name: Str(wire-test)" in text
+
+    trace_id = re.search(r"Trace ID\s+: (\w+)", spans["inference"]).group(1)
+    span_id = re.search(r"\n\s+ID\s+: (\w+)", spans["inference"]).group(1)
+    log = text[text.index("Body: Str(inference ran)") :]
+    assert re.search(r"Trace ID\s+: (\w+)", log).group(1) == trace_id
+    assert re.search(r"Span ID\s+: (\w+)", log).group(1) == span_id
+
+    metrics = text[text.index("Name: vision.stage.duration") :]
+    assert "Unit: s" in metrics and "vision.stage: Str(inference)" in metrics
+
+
+def test_dead_collector_does_not_block_the_program(run_python: Any) -> None:
+    """With nothing listening, stages run at full speed and shutdown() returns within its documented bound."""
+    port = _free_port()
+    result = run_python(
+        """
+        import json, time, otel_vision
+        handle = otel_vision.configure(service_name="dead", gpu=False)
+        start = time.monotonic()
+        for _ in range(300):
+            with otel_vision.stage("inference"):
+                pass
+        work = time.monotonic() - start
+        handle.force_flush(timeout_millis=100)
+        start = time.monotonic()
+        handle.shutdown(timeout=3)
+        print(json.dumps({"work": work, "shutdown": time.monotonic() - start}))
+        """,
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    import json
+
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    # Generous bounds: 300 stages take ~10 ms; they must not wait on the exporter (1 s timeout, retries).
+    assert figures["work"] < 1.0, figures
+    assert figures["shutdown"] < 3.5, figures
