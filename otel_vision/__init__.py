@@ -13,13 +13,14 @@ Importing this package is cheap: it imports neither torch, ultralytics nor diffu
 """
 
 from otel_vision._setup import Handle, configure, shutdown
-from otel_vision._stage import stage
+from otel_vision._stage import request, stage
 from otel_vision._version import __version__
 
 __all__ = [
     "Handle",
     "__version__",
     "configure",
+    "request",
     "shutdown",
     "stage",
 ]

@@ -17,7 +17,15 @@ from opentelemetry.util.types import AttributeValue
 from otel_vision import _runtime
 from otel_vision._errors import error_type, report_internal_error
 from otel_vision._metrics import Instruments
-from otel_vision.attributes import ERROR_TYPE, VISION_ABANDONED, VISION_ITEMS, VISION_MODEL_NAME, VISION_STAGE
+from otel_vision.attributes import (
+    ERROR_TYPE,
+    VISION_ABANDONED,
+    VISION_INSTRUCTION_CATEGORY,
+    VISION_ITEMS,
+    VISION_MODEL_NAME,
+    VISION_OPERATION,
+    VISION_STAGE,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -108,21 +116,25 @@ class stage:
                     span.set_attribute(VISION_ABANDONED, True)
             if active.gpu is not None and runtime.gpu is not None:
                 runtime.gpu.finish(span, active.gpu)
-            attrs = self._base_metric_attrs(runtime.instruments)
-            if failure is not None:
-                attrs = {**attrs, ERROR_TYPE: runtime.instruments.guard(ERROR_TYPE, failure)}
-            runtime.instruments.stage_duration.record(duration, attrs)
+            self._record(runtime.instruments, duration, failure)
         except Exception:  # never let our bookkeeping replace the user's result or exception
             report_internal_error("stage bookkeeping")
         span.end()
+
+    def _record(self, instruments: Instruments, duration: float, failure: str | None) -> None:
+        attrs = self._base_metric_attrs(instruments)
+        if failure is not None:
+            attrs = {**attrs, ERROR_TYPE: instruments.guard(ERROR_TYPE, failure)}
+        instruments.stage_duration.record(duration, attrs)
+
+    def _metric_keys(self) -> dict[str, AttributeValue | None]:
+        return {VISION_STAGE: self.name, VISION_MODEL_NAME: self._attributes.get(VISION_MODEL_NAME)}
 
     def _base_metric_attrs(self, instruments: Instruments) -> dict[str, AttributeValue]:
         cached = self._metric_attrs
         if cached is not None and cached[0] is instruments:
             return cached[1]
-        attrs = instruments.metric_attributes(
-            {VISION_STAGE: self.name, VISION_MODEL_NAME: self._attributes.get(VISION_MODEL_NAME)}
-        )
+        attrs = instruments.metric_attributes(self._metric_keys())
         self._metric_attrs = (instruments, attrs)
         return attrs
 
@@ -287,3 +299,43 @@ class stage:
             except BaseException as exc:
                 to_throw = exc
                 to_send = None
+
+
+class request(stage):
+    """Trace one whole request (the root of a waterfall) and record the request metrics.
+
+    ```python
+    with otel_vision.request("classify", attributes={"vision.model.name": "resnet18"}):
+        ...
+    ```
+
+    The span is named after the operation and carries ``vision.operation``. Instead of ``vision.stage.duration`` it
+    records ``vision.request.duration`` and ``vision.requests``, by ``vision.operation``, ``vision.model.name``,
+    ``vision.instruction.category`` (when given) and ``error.type`` (when failed): success rate = requests without
+    ``error.type`` / all requests. Every form of `stage` (decorator, context manager, generators) works.
+
+    Args:
+        operation: ``predict``, ``track``, ``pipeline``, … or your own.
+        attributes: span attributes; ``vision.model.name`` and ``vision.instruction.category`` also reach metrics.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, operation: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        super().__init__(operation, attributes)
+        del self._attributes[VISION_STAGE]
+        self._attributes[VISION_OPERATION] = operation
+
+    def _metric_keys(self) -> dict[str, AttributeValue | None]:
+        return {
+            VISION_OPERATION: self.name,
+            VISION_MODEL_NAME: self._attributes.get(VISION_MODEL_NAME),
+            VISION_INSTRUCTION_CATEGORY: self._attributes.get(VISION_INSTRUCTION_CATEGORY),
+        }
+
+    def _record(self, instruments: Instruments, duration: float, failure: str | None) -> None:
+        attrs = self._base_metric_attrs(instruments)
+        if failure is not None:
+            attrs = {**attrs, ERROR_TYPE: instruments.guard(ERROR_TYPE, failure)}
+        instruments.request_duration.record(duration, attrs)
+        instruments.requests.add(1, attrs)

@@ -161,3 +161,21 @@ def test_dead_collector_does_not_block_the_program(run_python: Any) -> None:
     # Generous bounds: 300 stages take ~10 ms; they must not wait on the exporter (1 s timeout, retries).
     assert figures["work"] < 1.0, figures
     assert figures["shutdown"] < 3.5, figures
+
+
+def test_demo_exports_when_an_endpoint_is_set(rotel: Rotel, tmp_path: Path) -> None:
+    """`otel-vision demo` with OTEL_EXPORTER_OTLP_ENDPOINT set sends its spans and metrics to the collector."""
+    pytest.importorskip("torch")
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{rotel.grpc_port}"
+    result = subprocess.run(
+        [sys.executable, "-m", "otel_vision.cli", "demo", "--images", "1", "--size", "64"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "exported over OTLP" in result.stdout
+    text = rotel.wait_for("Name           : classify", "Name           : inference", "vision.stage.duration")
+    assert "service.name: Str(otel-vision-demo)" in text and "vision.request.duration" in text
