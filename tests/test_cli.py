@@ -21,7 +21,12 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "otel_vision.cli", *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=300
+        [sys.executable, "-m", "otel_vision.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=300,
     )
 
 

@@ -1,0 +1,109 @@
+"""GPU telemetry on a real CUDA device, under torch's sync debug mode: proof that no synchronization is added.
+
+Skipped where no CUDA device is present (CI has none); run on a GPU machine with ``pytest -m gpu``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import otel_vision
+from otel_vision.testing import CapturedTelemetry, capture_telemetry
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture
+def real_gpu_telemetry() -> Iterator[CapturedTelemetry]:
+    torch.cuda.init()
+    with capture_telemetry(gpu=True, gpu_sample_interval=0.1) as captured:
+        yield captured
+
+
+def _work(x: Any, n: int = 20) -> Any:
+    for _ in range(n):
+        x = x @ x
+        x = x / x.norm()
+    return x
+
+
+def test_stage_adds_no_synchronization(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """Nested stages around CUDA work run under sync_debug_mode("error") and get gpu.time, memory and hw.id."""
+    x = torch.randn(2048, 2048, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            with otel_vision.stage("request"):
+                with otel_vision.stage("inference"):
+                    y = _work(x)
+                with otel_vision.stage("postprocess"):
+                    y = y * 2
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    spans = real_gpu_telemetry.spans("inference")
+    assert len(spans) == 3
+    for span in spans:
+        attrs = span.attributes
+        assert attrs["gpu.time"] > 0
+        assert attrs["gpu.memory.peak"] >= attrs["gpu.memory.allocated"] > 0
+        assert str(attrs["hw.id"]).startswith(("GPU-", "MIG-"))
+    requests = {r.context.span_id: r for r in real_gpu_telemetry.spans("request")}
+    for span in spans:
+        parent = requests[span.parent.span_id]
+        assert parent.attributes["gpu.memory.peak"] >= span.attributes["gpu.memory.peak"]
+
+
+def test_gpu_time_matches_synchronized_event_timing(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """gpu.time of a stage agrees (within 10 %) with CUDA events timed the classic, synchronizing way."""
+    x = torch.randn(4096, 4096, device="cuda")
+    _work(x, 5)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    _work(x, 30)
+    end.record()
+    torch.cuda.synchronize()
+    reference = start.elapsed_time(end) / 1000.0
+    with otel_vision.stage("inference"):
+        _work(x, 30)
+    torch.cuda.synchronize()
+    measured = real_gpu_telemetry.span("inference").attributes["gpu.time"]
+    assert measured == pytest.approx(reference, rel=0.10)
+
+
+def test_host_time_misses_device_time(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """The reason gpu.time exists: the host span of an async launch is much shorter than the device work."""
+    x = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    with otel_vision.stage("inference"):
+        _work(x, 40)
+    torch.cuda.synchronize()
+    span = real_gpu_telemetry.span("inference")
+    host = (span.end_time - span.start_time) / 1e9
+    assert span.attributes["gpu.time"] > host
+
+
+def test_nvml_metrics_and_utilization(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """With NVML present, hw.gpu.* metrics exist and a busy stage gets a gpu.utilization in (0, 1]."""
+    import time
+
+    x = torch.randn(4096, 4096, device="cuda")
+    with otel_vision.stage("inference"):
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            _work(x, 10)
+            torch.cuda.synchronize()
+    time.sleep(1.2)
+    span = real_gpu_telemetry.span("inference")
+    assert 0 < span.attributes["gpu.utilization"] <= 1
+    names = real_gpu_telemetry.metric_names()
+    assert {"hw.gpu.memory.usage", "hw.gpu.memory.limit", "gpu.memory.allocated"} <= names
