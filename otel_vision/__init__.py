@@ -12,6 +12,7 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
+from otel_vision._instrument import instrument_ultralytics
 from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import request, stage
 from otel_vision._version import __version__
@@ -20,6 +21,7 @@ __all__ = [
     "Handle",
     "__version__",
     "configure",
+    "instrument_ultralytics",
     "request",
     "shutdown",
     "stage",

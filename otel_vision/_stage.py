@@ -138,6 +138,20 @@ class stage:
         self._metric_attrs = (instruments, attrs)
         return attrs
 
+    def run(self, parent: context.Context | None, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Call ``fn`` as this stage under an explicit parent context (used by the instrumentors)."""
+        active = self._start(parent)
+        token = context.attach(trace.set_span_in_context(active.span, parent))
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._finish(active, exc)
+            raise
+        finally:
+            context.detach(token)
+        self._finish(active, None)
+        return result
+
     # --- context manager --------------------------------------------------------------------------------------
     def __enter__(self) -> Span:
         active = self._start(None)
@@ -180,22 +194,26 @@ class stage:
             wrapper = self._wrap_function(fn)
         return cast(Callable[P, R], functools.wraps(fn)(wrapper))
 
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` as this stage under the current context; a returned generator is traced over its iteration."""
+        active = self._start(None)
+        token = context.attach(trace.set_span_in_context(active.span))
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._finish(active, exc)
+            raise
+        finally:
+            context.detach(token)
+        if type(result) is GeneratorType:
+            # A function returning a generator (stream=True APIs): the stage goes on over the iteration.
+            return self._iterate(result, context.get_current(), active)
+        self._finish(active, None)
+        return result
+
     def _wrap_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def traced(*args: Any, **kwargs: Any) -> Any:
-            active = self._start(None)
-            token = context.attach(trace.set_span_in_context(active.span))
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                self._finish(active, exc)
-                raise
-            finally:
-                context.detach(token)
-            if type(result) is GeneratorType:
-                # A function returning a generator (stream=True APIs): the stage goes on over the iteration.
-                return self._iterate(result, context.get_current(), active)
-            self._finish(active, None)
-            return result
+            return self.call(fn, *args, **kwargs)
 
         return traced
 

@@ -1,0 +1,295 @@
+"""Predict, track and val traces for ultralytics: one wrapper for the root span, official callbacks for the rest.
+
+Per call: a root span around ``Model.predict`` (or ``Model.val``) that also owns the lifetime of everything below
+it, so an exception or a ``stream=True`` generator abandoned halfway still ends every span; a ``batch`` span from
+``on_predict_batch_start`` to ``on_predict_batch_end``; ``preprocess``, ``inference`` and ``postprocess`` spans around
+the predictor's own methods (instance attributes of each predictor, so their start and end are the real ones and a
+rebuilt predictor is wrapped again); ``track`` between the postprocess callbacks that surround the tracker's.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Span
+
+from otel_vision import _runtime
+from otel_vision import attributes as a
+from otel_vision._errors import report_internal_error
+from otel_vision._stage import _Active, request, stage
+
+CALL_KEY = context.create_key("otel_vision.ultralytics.call")
+MAX_IMAGE_EVENTS = 32
+"""Per-image events kept per batch span; a bigger batch is summarized by its counts only."""
+TOP_CLASSES = 5
+PREDICTOR_METHODS = ("preprocess", "inference", "postprocess")
+_WRAPPED_MARK = "__otel_vision_wrapped__"
+
+
+def model_name(model: Any) -> str:
+    """``yolov8n`` for ``yolov8n.pt`` / ``yolov8n.yaml`` / a path to either."""
+    source = getattr(model, "ckpt_path", None) or getattr(model, "model_name", None) or getattr(model, "cfg", None)
+    if not source:
+        return type(getattr(model, "model", model)).__name__
+    name = str(source).replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".pt", ".yaml", ".yml", ".onnx", ".engine", ".torchscript"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class Call:
+    """The spans of one predict/track/val call, reachable from callbacks through the OpenTelemetry context."""
+
+    def __init__(self, operation: str, name: str) -> None:
+        self.operation = operation
+        self.model_name = name
+        self.root: Span | None = None
+        self.batch: _Active | None = None
+        self.track: _Active | None = None
+        self.batch_stage = stage("batch", {a.VISION_MODEL_NAME: name})
+        self.track_stage = stage("track", {a.VISION_MODEL_NAME: name})
+        self.stages = {m: stage(m, {a.VISION_MODEL_NAME: name}) for m in PREDICTOR_METHODS}
+        self.images = 0
+        self.batches = 0
+        self.stage_window: dict[str, tuple[int, int]] = {}
+        self.source_kind: str | None = None
+
+    def parent(self) -> context.Context:
+        """The context for a stage span: the open track span (the tracker may re-run postprocess), else the open
+        batch span, else the root."""
+        open_span = self.track or self.batch
+        span = open_span.span if open_span is not None else self.root
+        return trace.set_span_in_context(span) if span is not None else context.get_current()
+
+    def close_open(self, exc: BaseException | None) -> None:
+        """End spans left open by an exception or an abandoned stream (their end callback never came)."""
+        for name in ("track", "batch"):
+            active: _Active | None = getattr(self, name)
+            if active is None:
+                continue
+            setattr(self, name, None)
+            owner = self.track_stage if name == "track" else self.batch_stage
+            owner._finish(active, exc)
+
+
+class PredictRequest(request):
+    """The root span of one call: closes what callbacks left open, then records the request."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Call, attributes: dict[str, Any]) -> None:
+        super().__init__(state.operation, attributes)
+        self.state = state
+
+    def _start(self, parent: context.Context | None) -> _Active:
+        active = super()._start(parent)
+        self.state.root = active.span
+        return active
+
+    def _finish(
+        self, active: _Active, exc: BaseException | None, items: int | None = None, abandoned: bool = False
+    ) -> None:
+        try:
+            self.state.close_open(exc)
+            counts = {a.VISION_IMAGES_COUNT: self.state.images, a.VISION_BATCHES_COUNT: self.state.batches}
+            active.span.set_attributes(counts)
+        except Exception:
+            report_internal_error("ultralytics root span")
+        super()._finish(active, exc, items, abandoned)
+
+
+def current_call() -> Call | None:
+    value = context.get_value(CALL_KEY)
+    return value if isinstance(value, Call) else None
+
+
+def guarded(what: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Our callbacks must never raise into the user's predict: log once and go on."""
+
+    def decorate(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        def callback(engine: Any) -> None:
+            try:
+                fn(engine)
+            except Exception:
+                report_internal_error(f"ultralytics {what} callback")
+
+        callback.__name__ = f"otel_vision_{fn.__name__}"
+        callback.__qualname__ = callback.__name__
+        return callback
+
+    return decorate
+
+
+# --- predictor methods ------------------------------------------------------------------------------------------
+def wrap_predictor(predictor: Any, wrapped: weakref.WeakSet[Any]) -> None:
+    """Wrap the predictor's own preprocess/inference/postprocess (instance attributes; idempotent)."""
+    if predictor in wrapped:
+        return
+    for method in PREDICTOR_METHODS:
+        original = getattr(predictor, method)
+        if getattr(original, _WRAPPED_MARK, False):
+            continue
+
+        def traced(*args: Any, __original: Any = original, __method: str = method, **kwargs: Any) -> Any:
+            call = current_call()
+            if call is None:
+                return __original(*args, **kwargs)
+            return call.stages[__method].run(call.parent(), __original, *args, **kwargs)
+
+        setattr(traced, _WRAPPED_MARK, True)
+        setattr(predictor, method, traced)
+    wrapped.add(predictor)
+
+
+def unwrap_predictor(predictor: Any) -> None:
+    """Remove the instance attributes `wrap_predictor` set, restoring the class methods."""
+    for method in PREDICTOR_METHODS:
+        if getattr(predictor.__dict__.get(method), _WRAPPED_MARK, False):
+            del predictor.__dict__[method]
+
+
+# --- callbacks ----------------------------------------------------------------------------------------------------
+def source_kind(source: Any) -> str | None:
+    """What a predict ``source`` argument is, when its type says it; ``None`` lets the loader's mode decide."""
+    if isinstance(source, list | tuple):
+        return "list"
+    module = type(source).__module__.split(".")[0]
+    if module == "torch":
+        return "tensor"
+    if module == "numpy":
+        return "array"
+    if module == "PIL":
+        return "pil"
+    if isinstance(source, int) or (isinstance(source, str) and source.isnumeric()):
+        return "webcam"
+    text = str(source)
+    if text.startswith(("rtsp://", "rtmp://", "tcp://")) or text.endswith(".streams"):
+        return "stream"
+    if text.startswith(("http://", "https://")):
+        return "url"
+    if any(ch in text for ch in "*?["):
+        return "glob"
+    return "directory" if os.path.isdir(text) else None
+
+
+def _source_kind(predictor: Any) -> str | None:
+    source_type = getattr(predictor, "source_type", None)
+    if source_type is not None:
+        if getattr(source_type, "tensor", False):
+            return "tensor"
+        if getattr(source_type, "from_img", False):
+            return "array"
+        if getattr(source_type, "screenshot", False):
+            return "screenshot"
+    mode = getattr(getattr(predictor, "dataset", None), "mode", None)
+    return str(mode) if mode else None
+
+
+def make_callbacks(wrapped_predictors: weakref.WeakSet[Any]) -> dict[str, Callable[[Any], None]]:
+    """Our predict callbacks, keyed by event (``on_predict_postprocess_end`` has a first and a last one)."""
+
+    @guarded("on_predict_start")
+    def on_predict_start(predictor: Any) -> None:
+        call = current_call()
+        if call is None or call.root is None:
+            return
+        wrap_predictor(predictor, wrapped_predictors)
+        args = predictor.args
+        backend = getattr(predictor, "model", None)
+        attrs: dict[str, Any] = {
+            a.VISION_TASK: getattr(args, "task", None),
+            a.VISION_DEVICE: str(getattr(predictor, "device", "")) or None,
+            a.VISION_HALF: bool(getattr(backend, "fp16", False)),
+            a.VISION_SOURCE_KIND: call.source_kind or _source_kind(predictor),
+        }
+        imgsz = getattr(args, "imgsz", None)
+        if imgsz is not None:
+            attrs[a.VISION_INPUT_SIZE] = list(imgsz) if isinstance(imgsz, list | tuple) else int(imgsz)
+        call.root.set_attributes({k: v for k, v in attrs.items() if v is not None})
+
+    @guarded("on_predict_batch_start")
+    def on_predict_batch_start(predictor: Any) -> None:
+        call = current_call()
+        if call is None or call.root is None:
+            return
+        call.close_open(None)
+        paths = predictor.batch[0] if getattr(predictor, "batch", None) else ()
+        active = call.batch_stage._start(trace.set_span_in_context(call.root))
+        active.span.set_attribute(a.VISION_BATCH_SIZE, len(paths))
+        call.batch = active
+        call.batches += 1
+
+    @guarded("on_predict_postprocess_end")
+    def on_predict_postprocess_end_first(predictor: Any) -> None:
+        call = current_call()
+        if call is None or call.batch is None or call.operation != "track":
+            return
+        call.track = call.track_stage._start(call.parent())
+
+    @guarded("on_predict_postprocess_end")
+    def on_predict_postprocess_end_last(predictor: Any) -> None:
+        call = current_call()
+        if call is None or call.track is None:
+            return
+        active, call.track = call.track, None
+        call.track_stage._finish(active, None)
+
+    @guarded("on_predict_batch_end")
+    def on_predict_batch_end(predictor: Any) -> None:
+        call = current_call()
+        if call is None or call.batch is None:
+            return
+        active, call.batch = call.batch, None
+        summarize_batch(active.span, predictor, call)
+        call.batch_stage._finish(active, None)
+
+    return {
+        "on_predict_start": on_predict_start,
+        "on_predict_batch_start": on_predict_batch_start,
+        "on_predict_postprocess_end@first": on_predict_postprocess_end_first,
+        "on_predict_postprocess_end@last": on_predict_postprocess_end_last,
+        "on_predict_batch_end": on_predict_batch_end,
+    }
+
+
+def summarize_batch(span: Span, predictor: Any, call: Call) -> None:
+    """Detections per batch and per image (bounded), ``vision.images`` and ``vision.detections`` metrics."""
+    results = getattr(predictor, "results", None) or []
+    instruments = _runtime.current().instruments
+    metric_attrs = instruments.metric_attributes({a.VISION_MODEL_NAME: call.model_name})
+    total = 0
+    counted = False
+    for index, result in enumerate(results):
+        boxes = getattr(result, "boxes", None)
+        if boxes is None:
+            boxes = getattr(result, "obb", None)
+        event: dict[str, Any] = {a.VISION_IMAGE_INDEX: index}
+        shape = getattr(result, "orig_shape", None)
+        if shape is not None and len(shape) >= 2:
+            event[a.VISION_IMAGE_HEIGHT], event[a.VISION_IMAGE_WIDTH] = int(shape[0]), int(shape[1])
+        if boxes is not None:
+            count = len(boxes)
+            total += count
+            counted = True
+            event[a.VISION_DETECTIONS_COUNT] = count
+            instruments.detections.record(count, metric_attrs)
+            if count and index < MAX_IMAGE_EVENTS:
+                # A few bytes copied after ultralytics' own end-of-postprocess synchronization: nothing to wait for.
+                names = getattr(result, "names", {}) or {}
+                classes = Counter(int(c) for c in boxes.cls.tolist())
+                event[a.VISION_DETECTIONS_CLASSES] = [
+                    f"{names.get(c, c)}:{n}" for c, n in classes.most_common(TOP_CLASSES)
+                ]
+        if index < MAX_IMAGE_EVENTS:
+            span.add_event("image", event)
+    if results:
+        instruments.images.add(len(results), metric_attrs)
+        call.images += len(results)
+    if counted:
+        span.set_attribute(a.VISION_DETECTIONS_COUNT, total)

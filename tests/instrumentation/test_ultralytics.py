@@ -1,0 +1,387 @@
+"""Ultralytics instrumentation against ultralytics itself (tiny random YOLOv8n from its YAML, bundled images)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.trace import StatusCode
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+ultralytics = pytest.importorskip("ultralytics")
+
+from ultralytics import YOLO  # noqa: E402
+from ultralytics.utils import ASSETS  # noqa: E402
+
+import otel_vision  # noqa: E402
+from otel_vision.instrumentation.ultralytics import UltralyticsInstrumentor  # noqa: E402
+from otel_vision.testing import CapturedTelemetry  # noqa: E402
+
+BUS, ZIDANE = ASSETS / "bus.jpg", ASSETS / "zidane.jpg"
+FAST = {"imgsz": 160, "verbose": False}
+TOLERANCE_MS = 1.0
+"""Stage spans wrap exactly the calls ultralytics' profilers time; they may differ by our own bookkeeping only."""
+
+
+@pytest.fixture
+def instrumented(vision_telemetry: CapturedTelemetry) -> Iterator[UltralyticsInstrumentor]:
+    instrumentor = UltralyticsInstrumentor()
+    otel_vision.instrument_ultralytics()
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
+def model() -> Any:
+    return YOLO("yolov8n.yaml")
+
+
+def _children(captured: CapturedTelemetry, parent: Any) -> list[Any]:
+    return [s for s in captured.spans() if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+
+def _ms(span: Any) -> float:
+    return (span.end_time - span.start_time) / 1e6
+
+
+class TestPredict:
+    def test_list_is_one_batch_with_real_stage_spans(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """A list of N images gives one trace: predict > load, batch(N) > preprocess, warmup, inference, postprocess."""
+        results = model.predict([BUS, ZIDANE], **FAST)
+        root = vision_telemetry.span("predict")
+        assert root.attributes["vision.operation"] == "predict"
+        assert root.attributes["vision.model.name"] == "yolov8n"
+        assert root.attributes["vision.task"] == "detect"
+        assert root.attributes["vision.device"] == "cpu" and root.attributes["vision.half"] is False
+        assert root.attributes["vision.input.size"] == 160 and root.attributes["vision.source.kind"] == "list"
+        assert root.attributes["vision.images.count"] == 2
+        assert {s.name for s in _children(vision_telemetry, root)} == {"load", "batch"}
+        (batch,) = vision_telemetry.spans("batch")
+        assert batch.attributes["vision.batch.size"] == 2
+        names = [s.name for s in sorted(_children(vision_telemetry, batch), key=lambda s: s.start_time)]
+        assert names == ["preprocess", "warmup", "inference", "postprocess"]
+        for name in ("preprocess", "inference", "postprocess"):
+            span = vision_telemetry.span(name)
+            assert span.end_time > span.start_time
+            expected = results[0].speed[name] * len(results)  # Results.speed is the batch time divided by n
+            assert abs(_ms(span) - expected) <= TOLERANCE_MS + 0.05 * expected, (name, _ms(span), expected)
+        images = [e for e in batch.events if e.name == "image"]
+        assert [(e.attributes["vision.image.width"], e.attributes["vision.image.height"]) for e in images] == [
+            (810, 1080),
+            (1280, 720),
+        ]
+
+    def test_second_call_has_no_setup(self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """Model setup and warm-up appear only on the call where they happen."""
+        model.predict(BUS, **FAST)
+        model.predict(BUS, **FAST)
+        first, second = vision_telemetry.spans("predict")
+        assert len(vision_telemetry.spans("load")) == 1 and len(vision_telemetry.spans("warmup")) == 1
+        assert vision_telemetry.span("load").parent.span_id == first.context.span_id
+        assert second.context.trace_id != first.context.trace_id
+
+    def test_detections_counted_per_batch_and_image(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """Detections are counted on the batch, summarized per image (top classes only), and recorded as metrics."""
+        results = model.predict([BUS, ZIDANE], conf=1e-4, **FAST)
+        counts = [len(r.boxes) for r in results]
+        batch = vision_telemetry.span("batch")
+        assert batch.attributes["vision.detections.count"] == sum(counts) > 0
+        images = [e for e in batch.events if e.name == "image"]
+        assert [e.attributes["vision.detections.count"] for e in images] == counts
+        for event in images:
+            classes = event.attributes["vision.detections.classes"]
+            assert 1 <= len(classes) <= 5 and all(":" in c for c in classes)
+        (hist,) = vision_telemetry.points("vision.detections")
+        assert hist.count == 2 and hist.sum == sum(counts)
+        assert hist.attributes == {"vision.model.name": "yolov8n"}
+        (images_counter,) = vision_telemetry.points("vision.images")
+        assert images_counter.value == 2
+        (requests,) = vision_telemetry.points("vision.requests")
+        assert requests.value == 1 and requests.attributes == {
+            "vision.operation": "predict",
+            "vision.model.name": "yolov8n",
+        }
+
+    def test_directory_is_batched(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry, tmp_path: Path
+    ) -> None:
+        """A folder of 3 images with batch=2 gives batches of 2 and 1 under one root."""
+        for i, src in enumerate((BUS, ZIDANE, BUS)):
+            shutil.copy(src, tmp_path / f"{i}.jpg")
+        model.predict(str(tmp_path), batch=2, **FAST)
+        root = vision_telemetry.span("predict")
+        assert root.attributes["vision.source.kind"] == "directory"
+        sizes = [
+            b.attributes["vision.batch.size"]
+            for b in sorted(vision_telemetry.spans("batch"), key=lambda s: s.start_time)
+        ]
+        assert sizes == [2, 1]
+        assert all(b.parent.span_id == root.context.span_id for b in vision_telemetry.spans("batch"))
+
+    def test_video_frames(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry, tmp_path: Path
+    ) -> None:
+        """A 4-frame video is a root with one batch per frame and source kind video."""
+        cv2 = pytest.importorskip("cv2")
+        frame = cv2.resize(cv2.imread(str(BUS)), (160, 160))
+        path = tmp_path / "clip.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (160, 160))
+        for _ in range(4):
+            writer.write(frame)
+        writer.release()
+        results = model.predict(str(path), **FAST)
+        assert len(results) == 4
+        assert vision_telemetry.span("predict").attributes["vision.source.kind"] == "video"
+        assert len(vision_telemetry.spans("batch")) == 4
+
+    def test_stream_abandoned_after_k_results(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry, tmp_path: Path
+    ) -> None:
+        """A stream=True generator closed after 2 of 4 results ends every span; the root says 2 results, abandoned."""
+        for i in range(4):
+            shutil.copy(BUS, tmp_path / f"{i}.jpg")
+        stream = model.predict(str(tmp_path), stream=True, **FAST)
+        taken = [next(stream), next(stream)]
+        stream.close()
+        assert len(taken) == 2
+        root = vision_telemetry.span("predict")
+        assert root.attributes["vision.items"] == 2 and root.attributes["vision.abandoned"] is True
+        assert root.status.status_code is StatusCode.UNSET
+        batches = vision_telemetry.spans("batch")
+        assert 2 <= len(batches) <= 3 and all(b.end_time for b in batches)
+
+    def test_exception_ends_every_span_and_propagates(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """An exception inside predict marks root and batch ERROR and reaches the caller as the same object."""
+        error = RuntimeError("camera unplugged")
+
+        def explode(predictor: Any) -> None:
+            raise error
+
+        model.add_callback("on_predict_postprocess_end", explode)
+        with pytest.raises(RuntimeError) as caught:
+            model.predict(BUS, **FAST)
+        assert caught.value is error
+        root, batch = vision_telemetry.span("predict"), vision_telemetry.span("batch")
+        for span in (root, batch):
+            assert span.status.status_code is StatusCode.ERROR and span.attributes["error.type"] == "RuntimeError"
+        (requests,) = vision_telemetry.points("vision.requests")
+        assert requests.attributes["error.type"] == "RuntimeError"
+
+    def test_our_failures_never_reach_predict(
+        self,
+        instrumented: Any,
+        model: Any,
+        vision_telemetry: CapturedTelemetry,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """If our callback code breaks, predict returns its normal results and the failure is logged once."""
+        from otel_vision.instrumentation.ultralytics import _predict
+
+        def broken(*args: Any) -> None:
+            raise KeyError("bug in otel_vision")
+
+        monkeypatch.setattr(_predict, "summarize_batch", broken)
+        results = model.predict([BUS, ZIDANE], **FAST)
+        assert len(results) == 2
+        assert any("on_predict_batch_end callback" in r.getMessage() for r in caplog.records)
+        assert vision_telemetry.span("predict").status.status_code is StatusCode.UNSET
+
+    def test_two_threads_two_models(self, instrumented: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """Two threads predicting with two models produce two separate traces, each complete."""
+        models = [YOLO("yolov8n.yaml"), YOLO("yolov8s.yaml")]
+        barrier = threading.Barrier(2)
+
+        def run(m: Any) -> None:
+            barrier.wait()
+            for _ in range(2):
+                m.predict(BUS, **FAST)
+
+        threads = [threading.Thread(target=run, args=(m,)) for m in models]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        roots = vision_telemetry.spans("predict")
+        assert sorted(r.attributes["vision.model.name"] for r in roots) == ["yolov8n", "yolov8n", "yolov8s", "yolov8s"]
+        for root in roots:
+            in_trace = [s for s in vision_telemetry.spans() if s.context.trace_id == root.context.trace_id]
+            names = sorted(s.name for s in in_trace if s.name in ("batch", "preprocess", "inference", "postprocess"))
+            assert names == ["batch", "inference", "postprocess", "preprocess"]
+            assert all(
+                s.attributes.get("vision.model.name") in (None, root.attributes["vision.model.name"]) for s in in_trace
+            )
+
+    def test_rebuilt_predictor_keeps_instrumentation(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """Changing a setup argument rebuilds the predictor; the new one is traced too, and nothing is on the YOLO module."""
+        model.predict(BUS, **FAST)
+        first = model.predictor
+        model.predict(BUS, channels_last=True, **FAST)
+        assert model.predictor is not first
+        assert len(vision_telemetry.spans("inference")) == 2 and len(vision_telemetry.spans("load")) == 2
+        # Our timing hooks live on each predictor's own methods, never on the user's YOLO module.
+        assert not model.model._forward_hooks and not model.model._forward_pre_hooks
+        assert "inference" in model.predictor.__dict__
+
+    def test_track_mode(self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """model.track() is one trace with operation track and a track span after postprocess in each batch."""
+        pytest.importorskip("lap")
+        model.track(BUS, conf=1e-4, **FAST)
+        (root,) = [s for s in vision_telemetry.spans() if s.attributes.get("vision.operation")]
+        assert root.name == "track" and root.attributes["vision.operation"] == "track"
+        batch = vision_telemetry.span("batch")
+        assert batch.parent.span_id == root.context.span_id
+        children = sorted(_children(vision_telemetry, batch), key=lambda s: s.start_time)
+        assert [s.name for s in children] == ["preprocess", "warmup", "inference", "postprocess", "track"]
+        assert children[-1].attributes["vision.stage"] == "track"
+        assert children[-1].start_time >= children[-2].end_time
+
+
+class TestScope:
+    def test_only_the_instrumented_model(self, vision_telemetry: CapturedTelemetry) -> None:
+        """instrument_ultralytics(model) traces that model and not another one."""
+        mine, other = YOLO("yolov8n.yaml"), YOLO("yolov8n.yaml")
+        otel_vision.instrument_ultralytics(mine)
+        try:
+            other.predict(BUS, **FAST)
+            assert vision_telemetry.spans() == []
+            mine.predict(BUS, **FAST)
+            assert len(vision_telemetry.spans("predict")) == 1
+        finally:
+            UltralyticsInstrumentor().uninstrument()
+
+    def test_uninstrument_leaves_nothing_behind(self, vision_telemetry: CapturedTelemetry) -> None:
+        """After uninstrument(): no span, no callback of ours, no class wrapper, no predictor attribute."""
+        from ultralytics.engine.model import Model
+        from ultralytics.engine.predictor import BasePredictor
+
+        model = YOLO("yolov8n.yaml")
+        otel_vision.instrument_ultralytics()
+        model.predict(BUS, **FAST)
+        assert vision_telemetry.spans("predict")
+        UltralyticsInstrumentor().uninstrument()
+        vision_telemetry.clear()
+        model.predict(BUS, **FAST)
+        assert vision_telemetry.spans() == []
+        assert not any(
+            getattr(fn, "__name__", "").startswith("otel_vision") for fns in model.callbacks.values() for fn in fns
+        )
+        from ultralytics.nn.autobackend import AutoBackend
+
+        for owner, name in (
+            (Model, "predict"),
+            (Model, "val"),
+            (BasePredictor, "setup_model"),
+            (AutoBackend, "warmup"),
+        ):
+            assert not type(owner.__dict__[name]).__module__.startswith("wrapt"), name
+        assert not set(model.predictor.__dict__) & {"preprocess", "inference", "postprocess"}
+
+    def test_instrument_is_idempotent(self, vision_telemetry: CapturedTelemetry) -> None:
+        """Instrumenting twice adds no second callback and no second span."""
+        model = YOLO("yolov8n.yaml")
+        otel_vision.instrument_ultralytics()
+        otel_vision.instrument_ultralytics()
+        UltralyticsInstrumentor().instrument()
+        try:
+            model.predict(BUS, **FAST)
+            model.predict(BUS, **FAST)
+            assert len(vision_telemetry.spans("predict")) == 2
+            assert sum(fn.__name__.startswith("otel_vision") for fn in model.callbacks["on_predict_batch_end"]) == 1
+        finally:
+            UltralyticsInstrumentor().uninstrument()
+
+    def test_dependencies_declared(self) -> None:
+        """The instrumentor declares the ultralytics versions it supports."""
+        assert list(UltralyticsInstrumentor().instrumentation_dependencies()) == ["ultralytics >= 8.3"]
+
+
+def _tiny_dataset(root: Path) -> Path:
+    """Three labelled images (the bundled samples) and a data.yaml pointing at them, nothing downloaded."""
+    import yaml
+    from ultralytics.utils import ROOT
+
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for i, src in enumerate((BUS, ZIDANE, BUS)):
+        shutil.copy(src, root / "images" / "val" / f"{i}.jpg")
+        (root / "labels" / "val" / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.6\n5 0.4 0.4 0.2 0.2\n")
+    names = yaml.safe_load((ROOT / "cfg" / "datasets" / "coco8.yaml").read_text())["names"]
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val", "names": names}))
+    return data
+
+
+def test_val(instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry, tmp_path: Path) -> None:
+    """model.val() is one trace: val > batch > preprocess, inference, postprocess, with the metrics on the root."""
+    data = _tiny_dataset(tmp_path)
+    model.val(data=str(data), imgsz=160, batch=2, plots=False, verbose=False, workers=0)
+    root = vision_telemetry.span("val")
+    assert root.attributes["vision.operation"] == "val" and root.attributes["vision.images.count"] == 3
+    assert "vision.val.map50-95_b" in root.attributes
+    batches = sorted(vision_telemetry.spans("batch"), key=lambda s: s.start_time)
+    assert [b.attributes["vision.batch.size"] for b in batches] == [2, 1]
+    for batch in batches:
+        children = sorted(_children(vision_telemetry, batch), key=lambda s: s.start_time)
+        assert [c.name for c in children] == ["preprocess", "inference", "postprocess"]
+        assert children[0].end_time <= children[1].start_time and children[1].end_time <= children[2].start_time
+
+
+def test_zero_code_with_diffusers_missing(tmp_path: Path) -> None:
+    """`opentelemetry-instrument python app.py` traces YOLO with no code change, also where diffusers is missing."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    # A throwaway interpreter environment that sees this one's packages, except diffusers, which it cannot import.
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    site = next(env_dir.glob("lib/python*/site-packages"))
+    (site / "outer.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    (site / "no_diffusers.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'diffusers' or name.startswith('diffusers.'):\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    (site / "zz_no_diffusers.pth").write_text("import no_diffusers\n")
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import importlib.util\n"
+        "from ultralytics import YOLO\n"
+        "from ultralytics.utils import ASSETS\n"
+        "try:\n    import diffusers\nexcept ModuleNotFoundError:\n    print('diffusers: missing')\n"
+        "YOLO('yolov8n.yaml').predict(ASSETS / 'bus.jpg', imgsz=160, verbose=False)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
+    env.update(
+        PATH=f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        YOLO_OFFLINE="1",
+    )
+    instrument = Path(sysconfig.get_paths()["scripts"]) / "opentelemetry-instrument"
+    result = subprocess.run(
+        [str(env_dir / "bin" / "python"), str(instrument), "python", str(app)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "diffusers: missing" in result.stdout
+    for name in ('"name": "predict"', '"name": "batch"', '"name": "inference"'):
+        assert name in result.stdout, result.stdout[-3000:]
