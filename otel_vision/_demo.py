@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -48,19 +50,41 @@ def build_model(torch: Any) -> Any:
     )  # fmt: skip
 
 
+@contextmanager
+def _session(service_name: str, out: Any) -> Iterator[None]:
+    """Configure otel_vision for a demo: spans kept in memory for the waterfall, OTLP too when an endpoint is set."""
+    exporting = any(os.environ.get(name) for name in _ENDPOINT_VARIABLES)
+    memory = InMemorySpanExporter()
+    handle = configure(
+        service_name=None if os.environ.get("OTEL_SERVICE_NAME") else service_name,
+        exporter=None if exporting else "none",
+        additional_span_processors=[SimpleSpanProcessor(memory)],
+    )
+    try:
+        yield
+    finally:
+        handle.force_flush()
+        spans = memory.get_finished_spans()
+        print(render_waterfall(spans), file=out)
+        print("\nper-stage summary (host time; gpu = CUDA device time)", file=out)
+        print(render_summary(spans), file=out)
+        if exporting:
+            print("\nexported over OTLP to the configured endpoint", file=out)
+        handle.shutdown()
+
+
 def run(images: int = 4, device: str = "auto", size: int = 224, out: Any = None) -> int:
-    """Classify ``images`` synthetic frames, print the waterfall and a per-stage summary; export when configured."""
+    """Classify ``images`` synthetic frames with a small CNN and show the trace."""
     out = out or sys.stdout
     torch = _require_torch()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    exporting = any(os.environ.get(name) for name in _ENDPOINT_VARIABLES)
-    memory = InMemorySpanExporter()
-    handle = configure(
-        service_name=None if os.environ.get("OTEL_SERVICE_NAME") else "otel-vision-demo",
-        exporter=None if exporting else "none",
-        additional_span_processors=[SimpleSpanProcessor(memory)],
-    )
+    with _session("otel-vision-demo", out):
+        _classify(torch, images, device, size)
+    return 0
+
+
+def _classify(torch: Any, images: int, device: str, size: int) -> None:
     model = build_model(torch).to(device).eval()
     generator = torch.Generator().manual_seed(1)
 
@@ -94,12 +118,31 @@ def run(images: int = 4, device: str = "auto", size: int = 224, out: Any = None)
             top = postprocess(inference(preprocess(frame)))
             logger.info("image %d: %s (%.2f)", index, top[0][0], top[0][1])
 
-    handle.force_flush()
-    spans = memory.get_finished_spans()
-    print(render_waterfall(spans), file=out)
-    print("\nper-stage summary (host time; gpu = CUDA device time)", file=out)
-    print(render_summary(spans), file=out)
-    if exporting:
-        print("\nexported over OTLP to the configured endpoint", file=out)
-    handle.shutdown()
+
+def run_yolo(
+    images: int = 2, weights: str | None = None, device: str = "auto", imgsz: int = 640, out: Any = None
+) -> int:
+    """Run YOLO (random ``yolov8n.yaml`` unless ``weights``) on the images ultralytics ships, and show the traces."""
+    out = out or sys.stdout
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        from ultralytics import YOLO  # type: ignore[attr-defined]  # a lazy attribute of the package
+        from ultralytics.utils import ASSETS
+    except ImportError:
+        raise SystemExit("otel-vision demo yolo needs ultralytics: pip install 'otel-vision[ultralytics]'") from None
+    from otel_vision._instrument import instrument_ultralytics
+
+    if weights is not None and not os.path.exists(weights):
+        raise SystemExit(f"otel-vision demo yolo: --weights {weights!r} does not exist (nothing is downloaded)")
+    samples = sorted(ASSETS.glob("*.jpg"))
+    sources = [samples[i % len(samples)] for i in range(images)]
+    kwargs: dict[str, Any] = {"imgsz": imgsz, "verbose": False}
+    if device != "auto":
+        kwargs["device"] = device
+    with _session("otel-vision-demo-yolo", out):
+        model = YOLO(weights or "yolov8n.yaml")
+        instrument_ultralytics(model)
+        for source in sources:
+            model.predict(source, **kwargs)  # one trace per image
+        model.predict(sources, **kwargs)  # and one batch of all of them
     return 0

@@ -20,12 +20,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run an instrumented model offline and show the trace waterfall",
-        description="Runs a small CNN (random weights) through preprocess, inference and postprocess, prints the "
-        "trace as a waterfall and a per-stage summary, and exports over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.",
+        description="Runs an instrumented model offline (random weights, nothing downloaded), prints each trace as a "
+        "waterfall and a per-stage summary, and exports over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set. "
+        "cnn: a small CNN through preprocess, inference and postprocess. yolo: YOLOv8n on ultralytics' sample images.",
     )
-    demo.add_argument("--images", type=_positive, default=4, help="how many images (default 4)")
-    demo.add_argument("--size", type=_positive, default=224, help="image side in pixels (default 224)")
+    demo.add_argument("model", nargs="?", choices=("cnn", "yolo"), default="cnn", help="what to run (default cnn)")
+    demo.add_argument("--images", type=_positive, default=None, help="how many images (cnn: 4, yolo: 2)")
+    demo.add_argument("--size", type=_positive, default=None, help="image side / inference size (cnn: 224, yolo: 640)")
     demo.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    demo.add_argument("--weights", default=None, help="yolo: a local .pt file instead of random yolov8n.yaml weights")
     doctor = commands.add_parser("doctor", help="show GPUs, NVML, torch, optional libraries and the exporter setup")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -41,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from otel_vision import _demo
 
     try:
-        return _demo.run(images=args.images, device=args.device, size=args.size)
+        if args.model == "yolo":
+            return _demo.run_yolo(
+                images=args.images or 2, weights=args.weights, device=args.device, imgsz=args.size or 640
+            )
+        return _demo.run(images=args.images or 4, device=args.device, size=args.size or 224)
     except ValueError as exc:  # configuration errors: say what is wrong, no traceback
         print(f"otel-vision demo: {exc}", file=sys.stderr)
         return 2
