@@ -12,16 +12,18 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
-from otel_vision._instrument import instrument_ultralytics
+from otel_vision._instrument import instrument_diffusers, instrument_ultralytics
 from otel_vision._setup import Handle, configure, shutdown
-from otel_vision._stage import request, stage
+from otel_vision._stage import queue_wait, request, stage
 from otel_vision._version import __version__
 
 __all__ = [
     "Handle",
     "__version__",
     "configure",
+    "instrument_diffusers",
     "instrument_ultralytics",
+    "queue_wait",
     "request",
     "shutdown",
     "stage",

@@ -41,6 +41,9 @@ OTEL_VISION_LOGS: Final = "OTEL_VISION_LOGS"
 OTEL_VISION_LOG_LEVEL: Final = "OTEL_VISION_LOG_LEVEL"
 """Lowest stdlib logging level exported, default ``INFO``."""
 
+OTEL_VISION_CAPTURE_PROMPTS: Final = "OTEL_VISION_CAPTURE_PROMPTS"
+"""``false`` (default) or ``true``: record diffusion prompts as ``vision.prompt`` on the pipeline's root span."""
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS: Final = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -218,3 +221,8 @@ def resolve(
         log_level=_log_level(log_level, env),
         disabled=False if disabled_raw is None else _parse_bool(OTEL_SDK_DISABLED, disabled_raw),
     )
+
+
+def resolve_capture_prompts(arg: bool | None, environ: Mapping[str, str]) -> bool:
+    """Prompt capture: the ``capture_prompts`` argument, else ``OTEL_VISION_CAPTURE_PROMPTS``, else off."""
+    return _bool_setting("capture_prompts", arg, OTEL_VISION_CAPTURE_PROMPTS, environ, False)

@@ -14,7 +14,11 @@ _reported_lock = threading.Lock()
 
 
 def error_type(exc: BaseException) -> str:
-    """Return the ``error.type`` value for an exception: ``cuda_oom`` or the exception's qualified class name."""
+    """Return the ``error.type`` value for an exception: ``cuda_oom``, the exception's own ``error_type`` (a short
+    code a class may declare, e.g. ``queue_full``), or its qualified class name."""
+    declared = getattr(exc, "error_type", None)
+    if isinstance(declared, str) and declared:
+        return declared
     cls = type(exc)
     module = cls.__module__
     if cls.__name__ == "OutOfMemoryError" and module.startswith("torch"):

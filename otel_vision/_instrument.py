@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -31,3 +32,44 @@ def instrument_ultralytics(model: Any = None) -> None:
         instrumentor.add_model(model)
     else:
         instrumentor.trace_all_models()
+
+
+def instrument_diffusers(
+    pipe: Any = None,
+    *,
+    capture_prompts: bool | None = None,
+    instruction_classifier: Callable[[str], str] | None = None,
+) -> None:
+    """Trace diffusers pipelines: ``pipe`` only, or every pipeline when called without one.
+
+    ```python
+    otel_vision.instrument_diffusers(pipe)
+    otel_vision.instrument_diffusers(pipe, capture_prompts=True)   # also record the prompt text
+    ```
+
+    Options apply from the first call on (later calls only add pipelines); undo with
+    ``otel_vision.instrumentation.diffusers.DiffusersInstrumentor().uninstrument()``.
+
+    Args:
+        pipe: a diffusers pipeline; ``None`` traces every pipeline in the process.
+        capture_prompts: record the prompt as ``vision.prompt`` (else ``OTEL_VISION_CAPTURE_PROMPTS``, default off).
+        instruction_classifier: maps an instruction to a category (few values: they become metric attributes);
+            default: the leading edit verb (``add``, ``remove``, ``change``, ``make``, … else ``other``).
+    """
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise ImportError("pip install 'otel-vision[diffusers]': instrument_diffusers() needs it") from None
+    from otel_vision.instrumentation.diffusers import DiffusersInstrumentor
+
+    instrumentor = DiffusersInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(
+            pipelines=None if pipe is None else [pipe],
+            capture_prompts=capture_prompts,
+            instruction_classifier=instruction_classifier,
+        )
+    elif pipe is not None:
+        instrumentor.add_pipeline(pipe)
+    else:
+        instrumentor.trace_all_pipelines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from time import perf_counter
@@ -11,13 +12,14 @@ from types import GeneratorType, TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from opentelemetry import context, trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision import _runtime
 from otel_vision._errors import error_type, report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
+    CUDA_OOM,
     ERROR_TYPE,
     VISION_ABANDONED,
     VISION_INSTRUCTION_CATEGORY,
@@ -81,14 +83,22 @@ class stage:
         name: the stage name, also the span name (``preprocess``, ``inference``, … or your own).
         attributes: span attributes set at the start. ``vision.model.name`` also becomes a metric attribute; no
             other attribute reaches metrics, so request ids or file names here are safe.
+        kind: the span kind (``SpanKind.SERVER`` for a request handler, for example).
     """
 
-    __slots__ = ("_attributes", "_cv", "_metric_attrs", "name")
+    __slots__ = ("_attributes", "_cv", "_kind", "_metric_attrs", "name")
 
-    def __init__(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"stage name must be a non-empty string, got {name!r}")
         self.name = name
+        self._kind = kind
         self._attributes: dict[str, AttributeValue] = {VISION_STAGE: name, **(attributes or {})}
         self._cv: ContextVar[_Active] | None = None
         self._metric_attrs: tuple[Instruments, dict[str, AttributeValue]] | None = None
@@ -96,7 +106,7 @@ class stage:
     # --- the two halves every form shares ---------------------------------------------------------------------
     def _start(self, parent: context.Context | None) -> _Active:
         runtime = _runtime._current
-        span = runtime.tracer.start_span(self.name, context=parent, attributes=self._attributes)
+        span = runtime.tracer.start_span(self.name, context=parent, kind=self._kind, attributes=self._attributes)
         gpu = None
         if runtime.gpu is not None and span.is_recording():
             gpu = runtime.gpu.start()
@@ -110,6 +120,8 @@ class stage:
         failure = record_failure(span, exc) if exc is not None else None
         runtime = active.runtime
         try:
+            if failure == CUDA_OOM and runtime.gpu is not None:
+                runtime.gpu.record_allocator_state(span)
             if items is not None:
                 span.set_attribute(VISION_ITEMS, items)
                 if abandoned:
@@ -335,12 +347,19 @@ class request(stage):
     Args:
         operation: ``predict``, ``track``, ``pipeline``, … or your own.
         attributes: span attributes; ``vision.model.name`` and ``vision.instruction.category`` also reach metrics.
+        kind: the span kind (``SpanKind.SERVER`` when this is the handler of an incoming request).
     """
 
     __slots__ = ()
 
-    def __init__(self, operation: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
-        super().__init__(operation, attributes)
+    def __init__(
+        self,
+        operation: str,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> None:
+        super().__init__(operation, attributes, kind=kind)
         del self._attributes[VISION_STAGE]
         self._attributes[VISION_OPERATION] = operation
 
@@ -357,3 +376,34 @@ class request(stage):
             attrs = {**attrs, ERROR_TYPE: instruments.guard(ERROR_TYPE, failure)}
         instruments.request_duration.record(duration, attrs)
         instruments.requests.add(1, attrs)
+
+
+def queue_wait(enqueued_at_ns: int, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+    """Record how long a job waited in a queue: a ``queue`` span from ``enqueued_at_ns`` until now.
+
+    ```python
+    job = Job(payload, context=opentelemetry.context.get_current(), enqueued_at=time.time_ns())
+    ...                                                      # in the worker, under job.context:
+    otel_vision.queue_wait(job.enqueued_at, attributes={"vision.model.name": "pix2pix"})
+    ```
+
+    Call it in the worker when it takes the job, with the submitter's context attached, so the span sits under the
+    request that enqueued the job. Also records ``vision.queue.duration`` (by ``vision.model.name``).
+
+    Args:
+        enqueued_at_ns: when the job was enqueued, from ``time.time_ns()``.
+        attributes: span attributes; ``vision.model.name`` also reaches the metric.
+    """
+    runtime = _runtime._current
+    now = time.time_ns()
+    start = min(enqueued_at_ns, now)
+    span = runtime.tracer.start_span(
+        "queue", attributes={VISION_STAGE: "queue", **(attributes or {})}, start_time=start
+    )
+    span.end(end_time=now)
+    try:
+        model = (attributes or {}).get(VISION_MODEL_NAME)
+        attrs = runtime.instruments.metric_attributes({VISION_MODEL_NAME: model})
+        runtime.instruments.queue_duration.record((now - start) / 1e9, attrs)
+    except Exception:
+        report_internal_error("queue wait metric")

@@ -13,15 +13,23 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Span as ApiSpan
+from opentelemetry.util.types import AttributeValue
 
 from otel_vision._errors import report_internal_error
-from otel_vision.attributes import GPU_MEMORY_ALLOCATED, GPU_MEMORY_PEAK, GPU_TIME, GPU_UTILIZATION, HW_ID
+from otel_vision.attributes import (
+    GPU_MEMORY_ALLOCATED,
+    GPU_MEMORY_PEAK,
+    GPU_MEMORY_RESERVED,
+    GPU_TIME,
+    GPU_UTILIZATION,
+    HW_ID,
+)
 from otel_vision.gpu._backends import CudaBackend
 from otel_vision.gpu._sampler import NvmlSampler, Window
 
@@ -46,6 +54,7 @@ class _Pending:
     hw_id: str | None
     span: ReadableSpan | None = None
     deadline: float = 0.0
+    deferred: Callable[[], dict[str, AttributeValue]] | None = None
 
 
 class PeakTracker:
@@ -85,6 +94,7 @@ class SpanGpuProbe:
         self._cuda = cuda
         self._peaks = PeakTracker(cuda) if track_peak else None
         self._pending: dict[int, _Pending] = {}
+        self._deferred: dict[int, Callable[[], dict[str, AttributeValue]]] = {}
         self._broken = False
 
     def start(self) -> _Frame | None:
@@ -122,6 +132,31 @@ class SpanGpuProbe:
         except Exception:
             self._broken = True
             report_internal_error("GPU span bookkeeping (end)")
+
+    def record_allocator_state(self, span: ApiSpan) -> None:
+        """Put the allocator's state on a span that failed with CUDA out-of-memory (error path only)."""
+        try:
+            device = self._cuda.active_device()
+            if device is None:
+                return
+            memory = self._cuda.memory(device)
+            span.set_attributes(
+                {
+                    GPU_MEMORY_ALLOCATED: memory.allocated,
+                    GPU_MEMORY_RESERVED: memory.reserved,
+                    GPU_MEMORY_PEAK: memory.peak,
+                }
+            )
+        except Exception:
+            report_internal_error("allocator state on an out-of-memory span")
+
+    def defer(self, span: ApiSpan, attributes: Callable[[], dict[str, AttributeValue]]) -> None:
+        """Compute some of a GPU span's attributes in the export path, once its end event has completed.
+
+        For values that live on the device (a timestep tensor copied asynchronously to pinned memory): reading
+        them after the event is free, reading them now would synchronize. Call before the span ends.
+        """
+        self._deferred[span.get_span_context().span_id] = attributes
 
     def take(self, span_id: int) -> _Pending | None:
         """Hand the pending events of a finished span to the export path."""
@@ -256,9 +291,11 @@ class GpuSpanProcessor(SpanProcessor):
             )
         if not force and (not events_done or utilization == Window.PENDING):
             return None
-        extra: dict[str, float] = {}
+        extra: dict[str, AttributeValue] = {}
         if events_done:
             extra[GPU_TIME] = self._cuda.elapsed_seconds(pending.start_event, pending.end_event)
+            if pending.deferred is not None:
+                extra.update(pending.deferred())
             self._cuda.release_event(pending.device, pending.start_event)
             self._cuda.release_event(pending.device, pending.end_event)
         if isinstance(utilization, float):
@@ -266,7 +303,7 @@ class GpuSpanProcessor(SpanProcessor):
         return _with_attributes(span, extra) if extra else span
 
 
-def _with_attributes(span: ReadableSpan, extra: dict[str, float]) -> ReadableSpan:
+def _with_attributes(span: ReadableSpan, extra: dict[str, AttributeValue]) -> ReadableSpan:
     """A copy of a finished span with attributes added (finished spans are immutable)."""
     return ReadableSpan(
         name=span.name,

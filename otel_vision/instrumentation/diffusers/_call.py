@@ -1,0 +1,195 @@
+"""One pipeline call as a trace: phases driven by component hooks, a span per denoising step.
+
+The pipeline's ``__call__`` is private code we do not patch; instead each phase starts at the first public hook
+point that belongs to it and ends where the next phase starts:
+
+- ``encode_prompt``: from the call's start (input checks, tokenization) through the text encoders;
+- ``preprocess``: the pipeline's own ``image_processor.preprocess``;
+- ``prepare_latents``: from the first ``vae.encoder`` forward (image latents) until denoising starts;
+- ``denoise``: from the first denoiser (``unet``/``transformer``) forward until the VAE decodes, with one
+  ``denoise_step`` child per step: from the step's first denoiser forward to ``callback_on_step_end``;
+- ``vae_decode``: from the first ``vae.post_quant_conv``/``vae.decoder`` forward to postprocessing;
+- ``postprocess``: the pipeline's own ``image_processor.postprocess``.
+
+State lives in the OpenTelemetry context of the call (thread- and task-safe); hooks pass parents explicitly and never
+attach or detach context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Span
+
+from otel_vision import _runtime
+from otel_vision import attributes as a
+from otel_vision._errors import report_internal_error
+from otel_vision._stage import _Active, request, stage
+
+CALL_KEY = context.create_key("otel_vision.diffusers.call")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+DENOISERS = ("unet", "transformer", "prior")
+MAX_PROMPT = 1000
+"""Characters of the prompt recorded when prompt capture is on."""
+
+
+def current_call() -> Call | None:
+    value = context.get_value(CALL_KEY)
+    return value if isinstance(value, Call) else None
+
+
+class Call:
+    """The open spans and what was learned so far in one pipeline call."""
+
+    def __init__(self, pipe: Any, model_name: str) -> None:
+        self.pipe = pipe
+        self.model_name = model_name
+        self.root: Span | None = None
+        self.phase: _Active | None = None
+        self.phase_stage: stage | None = None
+        self.denoise: _Active | None = None
+        self.step: _Active | None = None
+        self.steps = 0
+        self.timesteps: Any = None
+        """Pinned host buffer receiving each step's timestep asynchronously (CUDA), else ``None``."""
+        self.output_hw: tuple[int, int] | None = None
+        attrs = {a.VISION_MODEL_NAME: model_name}
+        self.stages = {
+            name: stage(name, attrs)
+            for name in ("encode_prompt", "preprocess", "prepare_latents", "denoise", "denoise_step", "vae_decode")
+        }
+        self.postprocess_stage = stage("postprocess", attrs)
+
+    def root_context(self) -> context.Context:
+        return trace.set_span_in_context(self.root) if self.root is not None else context.get_current()
+
+    # --- phases ---------------------------------------------------------------------------------------------------
+    def enter(self, name: str) -> None:
+        """Make ``name`` the open phase (ending the previous one); no-op if it already is."""
+        if self.phase_stage is not None and self.phase_stage.name == name:
+            return
+        self.end_phase()
+        if name == "denoise":
+            self.denoise = self.stages["denoise"]._start(self.root_context())
+            self.phase, self.phase_stage = self.denoise, self.stages["denoise"]
+            self._read_applied_values()
+            return
+        owner = self.stages[name]
+        self.phase, self.phase_stage = owner._start(self.root_context()), owner
+
+    def end_phase(self, exc: BaseException | None = None) -> None:
+        """End the open step and phase."""
+        self.end_step(exc)
+        if self.phase is not None and self.phase_stage is not None:
+            active, owner = self.phase, self.phase_stage
+            self.phase, self.phase_stage = None, None
+            if owner.name == "denoise":
+                active.span.set_attribute(a.DIFFUSION_NUM_INFERENCE_STEPS, self._applied_steps())
+                self.denoise = None
+            owner._finish(active, exc)
+
+    # --- steps ------------------------------------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """A denoiser forward: opens denoise (first time) and a step (when none is open)."""
+        if self.denoise is None:
+            self.enter("denoise")
+        if self.step is None and self.denoise is not None:
+            self.step = self.stages["denoise_step"]._start(trace.set_span_in_context(self.denoise.span))
+
+    def end_step(self, exc: BaseException | None = None, index: int | None = None, timestep: Any = None) -> None:
+        """Close the open step (``callback_on_step_end`` passes its index and timestep)."""
+        active = self.step
+        if active is None:
+            return
+        self.step = None
+        if index is not None:
+            active.span.set_attribute(a.DIFFUSION_STEP_INDEX, index)
+            self._timestep_attribute(active, index, timestep)
+        self.steps += 1
+        self.stages["denoise_step"]._finish(active, exc)
+
+    def _timestep_attribute(self, active: _Active, index: int, timestep: Any) -> None:
+        """Record the timestep without synchronizing: read it now on CPU; on CUDA copy it to pinned memory
+        asynchronously and read it in the export path once the step's end event has completed."""
+        device = getattr(timestep, "device", None)
+        if device is None or getattr(device, "type", "cpu") == "cpu":
+            active.span.set_attribute(a.DIFFUSION_STEP_TIMESTEP, float(timestep))
+            return
+        probe = _runtime.current().gpu
+        if probe is None or active.gpu is None:
+            return  # no event to tell when the copy has landed: leave the attribute out rather than synchronize
+        import torch
+
+        buffer = self.timesteps
+        if buffer is None or index >= buffer.numel():
+            buffer = torch.empty(max(64, 2 * (index + 1)), dtype=torch.float32, pin_memory=True)
+            self.timesteps = buffer
+        buffer[index].copy_(timestep.float(), non_blocking=True)
+        probe.defer(active.span, lambda: {a.DIFFUSION_STEP_TIMESTEP: float(buffer[index])})
+
+    # --- values as applied ----------------------------------------------------------------------------------------
+    def _read_applied_values(self) -> None:
+        """Read what the running pipeline applies (properties exist only once __call__ has set them)."""
+        if self.root is None:
+            return
+        pipe = self.pipe
+        values: dict[str, Any] = {}
+        for attribute, key in (
+            ("guidance_scale", a.DIFFUSION_GUIDANCE_SCALE),
+            ("image_guidance_scale", a.DIFFUSION_IMAGE_GUIDANCE_SCALE),
+        ):
+            try:
+                value = getattr(pipe, attribute)
+            except (AttributeError, TypeError):
+                continue
+            if isinstance(value, int | float):
+                values[key] = float(value)
+        values[a.DIFFUSION_NUM_INFERENCE_STEPS] = self._applied_steps()
+        self.root.set_attributes({k: v for k, v in values.items() if v is not None})
+
+    def _applied_steps(self) -> int | None:
+        scheduler = getattr(self.pipe, "scheduler", None)
+        steps = getattr(scheduler, "num_inference_steps", None)
+        return int(steps) if isinstance(steps, int) else None
+
+    def close_all(self, exc: BaseException | None) -> None:
+        """End whatever is still open when the call returns or raises."""
+        self.end_phase(exc)
+
+
+class PipelineRequest(request):
+    """The root span of one pipeline call: closes open phases, then records the request."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Call, attributes: dict[str, Any]) -> None:
+        super().__init__("pipeline", attributes)
+        self.state = state
+
+    def _start(self, parent: context.Context | None) -> _Active:
+        active = super()._start(parent)
+        self.state.root = active.span
+        if _has_text_encoder(self.state.pipe):
+            self.state.enter("encode_prompt")
+        return active
+
+    def _finish(
+        self, active: _Active, exc: BaseException | None, items: int | None = None, abandoned: bool = False
+    ) -> None:
+        try:
+            self.state.close_all(exc)
+            extra: dict[str, Any] = {a.DIFFUSION_STEPS_COUNT: self.state.steps}
+            num_timesteps = getattr(self.state.pipe, "_num_timesteps", None)
+            if isinstance(num_timesteps, int):
+                extra[a.DIFFUSION_NUM_TIMESTEPS] = num_timesteps
+            if self.state.output_hw is not None:
+                extra[a.VISION_IMAGE_HEIGHT], extra[a.VISION_IMAGE_WIDTH] = self.state.output_hw
+            active.span.set_attributes(extra)
+        except Exception:
+            report_internal_error("diffusers root span")
+        super()._finish(active, exc, items, abandoned)
+
+
+def _has_text_encoder(pipe: Any) -> bool:
+    return any(getattr(pipe, name, None) is not None for name in TEXT_ENCODERS)

@@ -1,0 +1,3 @@
+"""The library versions this instrumentor supports."""
+
+_instruments = ("diffusers >= 0.30",)
