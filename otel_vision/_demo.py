@@ -146,3 +146,32 @@ def run_yolo(
             model.predict(source, **kwargs)  # one trace per image
         model.predict(sources, **kwargs)  # and one batch of all of them
     return 0
+
+
+INSTRUCTIONS = ("make it snowy", "add fireworks in the sky", "turn the bus into a boat")
+
+
+def run_pix2pix(images: int = 2, steps: int = 10, device: str = "auto", size: int = 64, out: Any = None) -> int:
+    """Edit synthetic photos with a tiny random InstructPix2Pix pipeline (offline) and show the traces."""
+    out = out or sys.stdout
+    torch = _require_torch()
+    try:
+        from PIL import Image
+    except ImportError:
+        raise SystemExit("otel-vision demo pix2pix needs diffusers: pip install 'otel-vision[diffusers]'") from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from otel_vision._instrument import instrument_diffusers
+    from otel_vision._tiny_pipelines import tiny_instruct_pix2pix
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with _session("otel-vision-demo-pix2pix", out):
+        pipe = tiny_instruct_pix2pix(device=device)
+        instrument_diffusers(pipe)
+        generator = torch.Generator().manual_seed(0)
+        for index in range(images):
+            pixels = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=generator).numpy()
+            instruction = INSTRUCTIONS[index % len(INSTRUCTIONS)]
+            result = pipe(instruction, image=Image.fromarray(pixels), num_inference_steps=steps, generator=generator)
+            logger.info("edited image %d with %r -> %s", index, instruction, result.images[0].size)
+    return 0

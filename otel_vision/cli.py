@@ -22,11 +22,15 @@ def _parser() -> argparse.ArgumentParser:
         help="run an instrumented model offline and show the trace waterfall",
         description="Runs an instrumented model offline (random weights, nothing downloaded), prints each trace as a "
         "waterfall and a per-stage summary, and exports over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set. "
-        "cnn: a small CNN through preprocess, inference and postprocess. yolo: YOLOv8n on ultralytics' sample images.",
+        "cnn: a small CNN through preprocess, inference and postprocess. yolo: YOLOv8n on ultralytics' sample images. "
+        "pix2pix: a tiny InstructPix2Pix pipeline, with a span per denoising step.",
     )
-    demo.add_argument("model", nargs="?", choices=("cnn", "yolo"), default="cnn", help="what to run (default cnn)")
-    demo.add_argument("--images", type=_positive, default=None, help="how many images (cnn: 4, yolo: 2)")
-    demo.add_argument("--size", type=_positive, default=None, help="image side / inference size (cnn: 224, yolo: 640)")
+    demo.add_argument(
+        "model", nargs="?", choices=("cnn", "yolo", "pix2pix"), default="cnn", help="what to run (default cnn)"
+    )
+    demo.add_argument("--images", type=_positive, default=None, help="how many images (cnn: 4, yolo: 2, pix2pix: 2)")
+    demo.add_argument("--size", type=_positive, default=None, help="image side (cnn: 224, yolo: 640, pix2pix: 64)")
+    demo.add_argument("--steps", type=_positive, default=10, help="pix2pix: denoising steps (default 10)")
     demo.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     demo.add_argument("--weights", default=None, help="yolo: a local .pt file instead of random yolov8n.yaml weights")
     doctor = commands.add_parser("doctor", help="show GPUs, NVML, torch, optional libraries and the exporter setup")
@@ -44,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from otel_vision import _demo
 
     try:
+        if args.model == "pix2pix":
+            return _demo.run_pix2pix(
+                images=args.images or 2, steps=args.steps, device=args.device, size=args.size or 64
+            )
         if args.model == "yolo":
             return _demo.run_yolo(
                 images=args.images or 2, weights=args.weights, device=args.device, imgsz=args.size or 640

@@ -342,45 +342,16 @@ def test_val(instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry,
 
 def test_zero_code_with_diffusers_missing(tmp_path: Path) -> None:
     """`opentelemetry-instrument python app.py` traces YOLO with no code change, also where diffusers is missing."""
-    import subprocess
-    import sys
-    import sysconfig
+    from ..conftest import run_instrumented_without
 
-    # A throwaway interpreter environment that sees this one's packages, except diffusers, which it cannot import.
-    env_dir = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
-    site = next(env_dir.glob("lib/python*/site-packages"))
-    (site / "outer.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
-    (site / "no_diffusers.py").write_text(
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'diffusers' or name.startswith('diffusers.'):\n"
-        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-    )
-    (site / "zz_no_diffusers.pth").write_text("import no_diffusers\n")
     app = tmp_path / "app.py"
     app.write_text(
-        "import importlib.util\n"
         "from ultralytics import YOLO\n"
         "from ultralytics.utils import ASSETS\n"
         "try:\n    import diffusers\nexcept ModuleNotFoundError:\n    print('diffusers: missing')\n"
         "YOLO('yolov8n.yaml').predict(ASSETS / 'bus.jpg', imgsz=160, verbose=False)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHON"))}
-    env.update(
-        PATH=f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}",
-        OTEL_TRACES_EXPORTER="console",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        YOLO_OFFLINE="1",
-    )
-    instrument = Path(sysconfig.get_paths()["scripts"]) / "opentelemetry-instrument"
-    result = subprocess.run(
-        [str(env_dir / "bin" / "python"), str(instrument), "python", str(app)],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    result = run_instrumented_without("diffusers", app, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "diffusers: missing" in result.stdout
     for name in ('"name": "predict"', '"name": "batch"', '"name": "inference"'):

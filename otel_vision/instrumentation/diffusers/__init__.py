@@ -311,14 +311,15 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
             # Not ours, or a pipeline calling another pipeline inside an instrumented call: one root per call.
             return wrapped(*args, **kwargs)
         try:
-            call = _call.Call(instance, type(instance).__name__)
+            per_step = "callback_on_step_end" in _call_parameters(type(instance))
+            call = _call.Call(instance, type(instance).__name__, per_step)
             hooks = self._pipes.get(instance)
             if hooks is None:
                 hooks = self._pipes[instance] = _PipelineHooks()
             assert self._hooks is not None
             hooks.ensure(instance, self._hooks)
             root = _call.PipelineRequest(call, self._root_attributes(instance, args, kwargs))
-            if "callback_on_step_end" in _call_parameters(type(instance)):
+            if per_step:
                 kwargs = {**kwargs, "callback_on_step_end": _chain_callback(kwargs.get("callback_on_step_end"))}
         except Exception:
             report_internal_error("diffusers pipeline wrapper")

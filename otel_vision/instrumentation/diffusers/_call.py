@@ -42,9 +42,11 @@ def current_call() -> Call | None:
 class Call:
     """The open spans and what was learned so far in one pipeline call."""
 
-    def __init__(self, pipe: Any, model_name: str) -> None:
+    def __init__(self, pipe: Any, model_name: str, per_step: bool = True) -> None:
         self.pipe = pipe
         self.model_name = model_name
+        self.per_step = per_step
+        """Whether the pipeline has ``callback_on_step_end``; without it there are no step spans."""
         self.root: Span | None = None
         self.phase: _Active | None = None
         self.phase_stage: stage | None = None
@@ -94,7 +96,7 @@ class Call:
         """A denoiser forward: opens denoise (first time) and a step (when none is open)."""
         if self.denoise is None:
             self.enter("denoise")
-        if self.step is None and self.denoise is not None:
+        if self.step is None and self.denoise is not None and self.per_step:
             self.step = self.stages["denoise_step"]._start(trace.set_span_in_context(self.denoise.span))
 
     def end_step(self, exc: BaseException | None = None, index: int | None = None, timestep: Any = None) -> None:

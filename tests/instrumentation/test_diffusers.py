@@ -1,0 +1,484 @@
+"""diffusers instrumentation against real (tiny, random, offline) InstructPix2Pix and Stable Diffusion pipelines."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.trace import StatusCode
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import otel_vision  # noqa: E402
+from otel_vision._tiny_pipelines import tiny_instruct_pix2pix, tiny_text_to_image  # noqa: E402
+from otel_vision.instrumentation.diffusers import DiffusersInstrumentor  # noqa: E402
+from otel_vision.testing import CapturedTelemetry, FakeGpu  # noqa: E402
+
+PROMPT = "make the zebra wear a velvet top hat"
+PHASES = ["encode_prompt", "preprocess", "prepare_latents", "denoise", "vae_decode", "postprocess"]
+
+
+@pytest.fixture(scope="module")
+def image() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (120, 80, 40))
+
+
+@pytest.fixture
+def pix2pix() -> Any:
+    return tiny_instruct_pix2pix()
+
+
+@pytest.fixture
+def instrumented(vision_telemetry: CapturedTelemetry) -> Iterator[DiffusersInstrumentor]:
+    instrumentor = DiffusersInstrumentor()
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+def _children(captured: CapturedTelemetry, parent: Any) -> list[Any]:
+    kids = [s for s in captured.spans() if s.parent is not None and s.parent.span_id == parent.context.span_id]
+    return sorted(kids, key=lambda s: s.start_time)
+
+
+def _run(pipe: Any, image: Any, steps: int = 3, **kwargs: Any) -> Any:
+    return pipe(PROMPT, image=image, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+class TestSpanTree:
+    def test_instruct_pix2pix_waterfall(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """One call: pipeline > encode_prompt, preprocess, prepare_latents, denoise (a step each), vae_decode, postprocess."""
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, guidance_scale=6.0, image_guidance_scale=1.25)
+        root = vision_telemetry.span("pipeline")
+        assert [s.name for s in _children(vision_telemetry, root)] == PHASES
+        attrs = root.attributes
+        assert attrs["vision.operation"] == "pipeline"
+        assert attrs["vision.model.name"] == "StableDiffusionInstructPix2PixPipeline"
+        assert attrs["vision.task"] == "image-to-image"
+        assert attrs["diffusion.scheduler"] == "DDIMScheduler"
+        assert (attrs["diffusion.guidance_scale"], attrs["diffusion.image_guidance_scale"]) == (6.0, 1.25)
+        assert attrs["diffusion.num_inference_steps"] == 3 and attrs["diffusion.steps.count"] == 3
+        assert (attrs["vision.dtype"], attrs["vision.device"]) == ("float32", "cpu")
+        assert (attrs["vision.image.width"], attrs["vision.image.height"], attrs["vision.batch.size"]) == (32, 32, 1)
+        assert attrs["vision.instruction.category"] == "make"
+        denoise = vision_telemetry.span("denoise")
+        steps = _children(vision_telemetry, denoise)
+        assert [s.attributes["diffusion.step.index"] for s in steps] == [0, 1, 2]
+        timesteps = [float(t) for t in pix2pix.scheduler.timesteps]
+        assert [s.attributes["diffusion.step.timestep"] for s in steps] == timesteps
+        for earlier, later in zip(steps, steps[1:], strict=False):
+            assert earlier.end_time <= later.start_time and earlier.end_time > earlier.start_time
+
+    def test_text_to_image(self, instrumented: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """Text-to-image has no preprocess or image latents: encode_prompt, denoise, vae_decode, postprocess."""
+        pipe = tiny_text_to_image()
+        otel_vision.instrument_diffusers(pipe)
+        pipe("a red cat", num_inference_steps=2, height=32, width=32)
+        root = vision_telemetry.span("pipeline")
+        assert root.attributes["vision.task"] == "text-to-image"
+        assert [s.name for s in _children(vision_telemetry, root)] == [
+            "encode_prompt",
+            "denoise",
+            "vae_decode",
+            "postprocess",
+        ]
+        assert len(vision_telemetry.spans("denoise_step")) == 2
+
+    def test_second_order_scheduler(self, instrumented: Any, image: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """Heun calls the UNet twice per step for N-1 steps: 2N-1 step spans, one per callback."""
+        pipe = tiny_instruct_pix2pix(scheduler="heun")
+        otel_vision.instrument_diffusers(pipe)
+        _run(pipe, image, steps=3)
+        steps = vision_telemetry.spans("denoise_step")
+        assert [s.attributes["diffusion.step.index"] for s in steps] == [0, 1, 2, 3, 4]
+        root = vision_telemetry.span("pipeline")
+        assert root.attributes["diffusion.num_inference_steps"] == 3 and root.attributes["diffusion.steps.count"] == 5
+
+    def test_latent_output_skips_decode(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """output_type="latent" runs no VAE decode; postprocess still runs (as in diffusers)."""
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, output_type="latent")
+        names = [s.name for s in _children(vision_telemetry, vision_telemetry.span("pipeline"))]
+        assert "vae_decode" not in names and names[-1] == "postprocess"
+
+
+class TestUserCallbacks:
+    def test_function_callback_keeps_its_tensors_and_return_value(
+        self, instrumented: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """The user's callback receives the tensors it asked for and its returned latents are used, as without us."""
+
+        def run(instrument: bool) -> tuple[list[tuple[int, list[str]]], Any]:
+            pipe = tiny_instruct_pix2pix()
+            if instrument:
+                otel_vision.instrument_diffusers(pipe)
+            seen: list[tuple[int, list[str]]] = []
+
+            def halve(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+                seen.append((i, sorted(kwargs)))
+                return {"latents": kwargs["latents"] * 0.5}
+
+            out = _run(
+                pipe,
+                image,
+                output_type="np",
+                callback_on_step_end=halve,
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+            )
+            return seen, out.images
+
+        plain_seen, plain_images = run(instrument=False)
+        traced_seen, traced_images = run(instrument=True)
+        assert traced_seen == plain_seen == [(i, ["latents", "prompt_embeds"]) for i in range(3)]
+        assert (traced_images == plain_images).all()
+        assert len(vision_telemetry.spans("denoise_step")) == 3
+
+    def test_pipeline_callback_objects(
+        self, instrumented: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """PipelineCallback and MultiPipelineCallbacks keep their tensor_inputs and run before our step end."""
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        calls: list[str] = []
+
+        class Recorder(PipelineCallback):
+            tensor_inputs = ["latents", "image_latents"]
+
+            def callback_fn(self, pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]) -> Any:
+                calls.append(f"{type(self).__name__}:{step_index}:{','.join(sorted(kwargs))}")
+                return kwargs
+
+        class Other(Recorder):
+            tensor_inputs = ["latents"]
+
+        pipe = tiny_instruct_pix2pix()
+        otel_vision.instrument_diffusers(pipe)
+        _run(pipe, image, steps=2, callback_on_step_end=Recorder())
+        assert calls == ["Recorder:0:image_latents,latents", "Recorder:1:image_latents,latents"]
+        calls.clear()
+        _run(pipe, image, steps=2, callback_on_step_end=MultiPipelineCallbacks([Recorder(), Other()]))
+        assert calls[:2] == ["Recorder:0:image_latents,latents", "Other:0:image_latents,latents"]
+        assert len(vision_telemetry.spans("denoise_step")) == 4
+
+    def test_official_cfg_cutoff_callback(self, instrumented: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """diffusers' own callbacks (which change the pipeline's state) run exactly as without instrumentation."""
+        from diffusers.callbacks import SDCFGCutoffCallback
+
+        def run(pipe: Any) -> Any:
+            generator = torch.Generator().manual_seed(0)
+            cutoff = SDCFGCutoffCallback(cutoff_step_ratio=0.4)
+            return pipe(
+                "a red cat", num_inference_steps=4, generator=generator, output_type="np", callback_on_step_end=cutoff
+            )
+
+        plain = run(tiny_text_to_image())
+        pipe = tiny_text_to_image()
+        otel_vision.instrument_diffusers(pipe)
+        traced = run(pipe)
+        assert (plain.images == traced.images).all()
+        assert len(vision_telemetry.spans("denoise_step")) == 4
+
+
+class TestFailures:
+    def test_exception_in_the_unet(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """An exception in the 2nd UNet call ends root, denoise and the open step with ERROR and propagates unchanged."""
+        error = RuntimeError("NaN in attention")
+        calls = {"n": 0}
+
+        def fail_second(module: Any, args: Any, output: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise error
+
+        handle = pix2pix.unet.register_forward_hook(fail_second)  # inside the UNet call, after our pre-hook
+        otel_vision.instrument_diffusers(pix2pix)
+        try:
+            with pytest.raises(RuntimeError) as caught:
+                _run(pix2pix, image)
+        finally:
+            handle.remove()
+        assert caught.value is error
+        for name in ("pipeline", "denoise"):
+            assert vision_telemetry.span(name).status.status_code is StatusCode.ERROR
+        steps = vision_telemetry.spans("denoise_step")
+        assert [s.status.status_code for s in steps] == [StatusCode.UNSET, StatusCode.ERROR]
+        assert all(s.end_time for s in vision_telemetry.spans())
+        (requests,) = vision_telemetry.points("vision.requests")
+        assert requests.attributes["error.type"] == "RuntimeError"
+
+    def test_cuda_out_of_memory(self, fake_gpu: FakeGpu, vision_telemetry: CapturedTelemetry, image: Any) -> None:
+        """CUDA OOM gets error.type=cuda_oom, with the allocator's state on the failed spans."""
+        oom = type("OutOfMemoryError", (RuntimeError,), {"__module__": "torch.cuda"})
+        fake_gpu.cuda.allocate(7 * 2**30)
+        pipe = tiny_instruct_pix2pix()
+
+        def out_of_memory(module: Any, args: Any) -> None:
+            raise oom("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        handle = pipe.vae.decoder.register_forward_pre_hook(out_of_memory)
+        otel_vision.instrument_diffusers(pipe)
+        try:
+            with pytest.raises(RuntimeError, match="CUDA out of memory"):
+                _run(pipe, image)
+        finally:
+            handle.remove()
+            DiffusersInstrumentor().uninstrument()
+        root = vision_telemetry.span("pipeline")
+        assert root.attributes["error.type"] == "cuda_oom"
+        assert root.attributes["gpu.memory.allocated"] == 7 * 2**30
+        assert "gpu.memory.reserved" in root.attributes
+        assert vision_telemetry.span("vae_decode").attributes["error.type"] == "cuda_oom"
+
+    def test_our_hook_failures_never_reach_the_pipeline(
+        self,
+        instrumented: Any,
+        pix2pix: Any,
+        image: Any,
+        vision_telemetry: CapturedTelemetry,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """If our step bookkeeping breaks, the pipeline's result is unchanged and the failure is logged."""
+        from otel_vision.instrumentation.diffusers import _call
+
+        def broken(self: Any) -> None:
+            raise KeyError("bug in otel_vision")
+
+        monkeypatch.setattr(_call.Call, "begin_step", broken)
+        otel_vision.instrument_diffusers(pix2pix)
+        out = _run(pix2pix, image, output_type="np")
+        assert out.images.shape == (1, 32, 32, 3)
+        assert any("denoiser hook" in r.getMessage() for r in caplog.records)
+
+
+class TestPrivacy:
+    def _leaks(self, captured: CapturedTelemetry, needle: str) -> list[str]:
+        found = []
+        for span in captured.spans():
+            for value in [span.name, *map(str, span.attributes.values())]:
+                if needle in value:
+                    found.append(f"span {span.name}: {value}")
+            for event in span.events:
+                found.extend(f"event {event.name}" for v in event.attributes.values() if needle in str(v))
+        for record in captured.logs():
+            if needle in str(record.log_record.body) or needle in str(record.log_record.attributes):
+                found.append(f"log {record.log_record.body}")
+        for name in captured.metric_names():
+            for point in captured.points(name):
+                if needle in str(point.attributes):
+                    found.append(f"metric {name}")
+        return found
+
+    def test_prompt_never_recorded_by_default(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """By default the prompt text reaches no span, event, log record or metric; only its category does."""
+        logging.getLogger("app").warning("served a request")  # a log record exists, and must not carry the prompt
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image)
+        assert self._leaks(vision_telemetry, "velvet") == []
+        assert vision_telemetry.span("pipeline").attributes["vision.instruction.category"] == "make"
+
+    def test_prompt_capture_switched_on(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """capture_prompts=True records the prompt on the root span only, never on metrics."""
+        otel_vision.instrument_diffusers(pix2pix, capture_prompts=True)
+        _run(pix2pix, image)
+        assert vision_telemetry.span("pipeline").attributes["vision.prompt"] == PROMPT
+        leaks = self._leaks(vision_telemetry, "velvet")
+        assert leaks == [f"span pipeline: {PROMPT}"]
+
+    def test_prompt_capture_from_environment(
+        self,
+        instrumented: Any,
+        pix2pix: Any,
+        image: Any,
+        vision_telemetry: CapturedTelemetry,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """OTEL_VISION_CAPTURE_PROMPTS=true switches capture on; a bad value is a ValueError naming it."""
+        monkeypatch.setenv("OTEL_VISION_CAPTURE_PROMPTS", "sometimes")
+        with pytest.raises(ValueError, match="OTEL_VISION_CAPTURE_PROMPTS"):
+            otel_vision.instrument_diffusers(pix2pix)
+        monkeypatch.setenv("OTEL_VISION_CAPTURE_PROMPTS", "true")
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image)
+        assert vision_telemetry.span("pipeline").attributes["vision.prompt"] == PROMPT
+
+
+class TestMetricsAndCategories:
+    def test_request_and_step_metrics(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """vision.requests and vision.request.duration by pipeline and category; denoise_step in stage durations."""
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image)
+        pix2pix("remove the fence", image=image, num_inference_steps=2)
+        counts = {
+            p.attributes["vision.instruction.category"]: p.value for p in vision_telemetry.points("vision.requests")
+        }
+        assert counts == {"make": 1, "remove": 1}
+        stages = {p.attributes["vision.stage"]: p.count for p in vision_telemetry.points("vision.stage.duration")}
+        assert stages["denoise_step"] == 5 and stages["vae_decode"] == 2 and stages["encode_prompt"] == 2
+        assert all(p.attributes["vision.model.name"] == "StableDiffusionInstructPix2PixPipeline"
+                   for p in vision_telemetry.points("vision.request.duration"))  # fmt: skip
+
+    def test_custom_classifier(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """A custom instruction classifier decides the category; a bad one is rejected at instrumentation."""
+        with pytest.raises(ValueError, match="instruction_classifier"):
+            otel_vision.instrument_diffusers(pix2pix, instruction_classifier="colour")  # type: ignore[arg-type]
+        otel_vision.instrument_diffusers(
+            pix2pix, instruction_classifier=lambda text: "hats" if "hat" in text else "other"
+        )
+        _run(pix2pix, image)
+        assert vision_telemetry.span("pipeline").attributes["vision.instruction.category"] == "hats"
+
+    @pytest.mark.parametrize(
+        ("instruction", "category"),
+        [
+            ("make the sky pink", "make"),
+            ("Please remove the car", "remove"),
+            ("can you add fireworks", "add"),
+            ("swap the dog for a cat", "replace"),
+            ("turn it into a watercolor", "turn"),
+            ("paint it in the style of Monet", "style"),
+            ("zebra", "other"),
+            ("", "other"),
+        ],
+    )
+    def test_default_categories(self, instruction: str, category: str) -> None:
+        """The default classifier maps the leading edit verb to a fixed vocabulary, else other."""
+        from otel_vision.instrumentation.diffusers import CATEGORIES, classify_instruction
+
+        assert classify_instruction(instruction) == category and category in CATEGORIES
+
+
+class TestScope:
+    def test_every_pipeline_including_later_ones(self, image: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """instrument_diffusers() traces pipelines created before and after it."""
+        before = tiny_instruct_pix2pix()
+        otel_vision.instrument_diffusers()
+        try:
+            after = tiny_text_to_image()
+            _run(before, image, steps=1)
+            after("a cat", num_inference_steps=1, height=32, width=32)
+            assert [s.attributes["vision.task"] for s in vision_telemetry.spans("pipeline")] == [
+                "image-to-image",
+                "text-to-image",
+            ]
+        finally:
+            DiffusersInstrumentor().uninstrument()
+
+    def test_only_instrumented_pipelines(self, image: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """instrument_diffusers(pipe) leaves other pipelines of the same class untraced."""
+        mine, other = tiny_instruct_pix2pix(), tiny_instruct_pix2pix(seed=1)
+        otel_vision.instrument_diffusers(mine)
+        try:
+            _run(other, image, steps=1)
+            assert vision_telemetry.spans() == []
+            _run(mine, image, steps=1)
+            assert len(vision_telemetry.spans("pipeline")) == 1
+        finally:
+            DiffusersInstrumentor().uninstrument()
+
+    def test_uninstrument_leaves_nothing_behind(self, image: Any, vision_telemetry: CapturedTelemetry) -> None:
+        """After uninstrument(): no span, no hook on any component, no wrapper, image processor restored."""
+        from diffusers import DiffusionPipeline, StableDiffusionInstructPix2PixPipeline
+
+        pipe = tiny_instruct_pix2pix()
+        otel_vision.instrument_diffusers(pipe)
+        otel_vision.instrument_diffusers(pipe)  # idempotent
+        _run(pipe, image, steps=1)
+        assert len(vision_telemetry.spans("pipeline")) == 1
+        DiffusersInstrumentor().uninstrument()
+        vision_telemetry.clear()
+        _run(pipe, image, steps=1)
+        assert vision_telemetry.spans() == []
+        for module in (pipe.unet, pipe.text_encoder, pipe.vae.encoder, pipe.vae.decoder, pipe.vae.post_quant_conv):
+            assert not module._forward_pre_hooks
+        assert not {"preprocess", "postprocess"} & set(vars(pipe.image_processor))
+        for owner, name in (
+            (StableDiffusionInstructPix2PixPipeline, "__call__"),
+            (DiffusionPipeline, "register_modules"),
+        ):
+            assert not type(owner.__dict__[name]).__module__.startswith("wrapt"), name
+
+    def test_swapped_component_is_hooked(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """Replacing a component (e.g. with a compiled module) moves the hooks to the new one at the next call."""
+        import copy
+
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, steps=1)
+        old = pix2pix.unet
+        pix2pix.unet = copy.deepcopy(old)
+        for hook in list(pix2pix.unet._forward_pre_hooks):
+            del pix2pix.unet._forward_pre_hooks[hook]  # a fresh module, as torch.compile would give
+        _run(pix2pix, image, steps=2)
+        assert len(vision_telemetry.spans("denoise_step")) == 3
+        assert not old._forward_pre_hooks
+
+
+def test_pipeline_without_step_callback(instrumented: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """A pipeline with no callback_on_step_end still gets its root and component phases, without step spans."""
+    from diffusers import DiffusionPipeline
+
+    base = tiny_text_to_image()
+
+    class NoCallbackPipeline(DiffusionPipeline):
+        def __init__(self, unet: Any, vae: Any, scheduler: Any) -> None:
+            super().__init__()
+            self.register_modules(unet=unet, vae=vae, scheduler=scheduler)
+
+        @torch.no_grad()
+        def __call__(self, num_inference_steps: int = 2) -> Any:
+            latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+            context = torch.zeros(1, 77, self.unet.config.cross_attention_dim)
+            self.scheduler.set_timesteps(num_inference_steps)
+            for t in self.scheduler.timesteps:
+                noise = self.unet(latents, t, encoder_hidden_states=context).sample
+                latents = self.scheduler.step(noise, t, latents).prev_sample
+            return self.vae.decode(latents).sample
+
+    pipe = NoCallbackPipeline(base.unet, base.vae, base.scheduler)
+    otel_vision.instrument_diffusers(pipe)
+    pipe(num_inference_steps=2)
+    root = vision_telemetry.span("pipeline")
+    assert [s.name for s in _children(vision_telemetry, root)] == ["denoise", "vae_decode"]
+    assert root.attributes["diffusion.steps.count"] == 0
+
+
+def test_zero_code_with_ultralytics_missing(tmp_path: Any) -> None:
+    """`opentelemetry-instrument python app.py` traces a diffusers pipeline with no code change, without ultralytics."""
+    from ..conftest import run_instrumented_without
+
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import PIL.Image\n"
+        "try:\n    import ultralytics\nexcept ModuleNotFoundError:\n    print('ultralytics: missing')\n"
+        "from otel_vision._tiny_pipelines import tiny_instruct_pix2pix\n"
+        "pipe = tiny_instruct_pix2pix()\n"
+        "pipe('make it blue', image=PIL.Image.new('RGB', (32, 32)), num_inference_steps=2)\n"
+    )
+    result = run_instrumented_without("ultralytics", app, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ultralytics: missing" in result.stdout
+    for name in ('"name": "pipeline"', '"name": "denoise_step"', '"name": "vae_decode"'):
+        assert name in result.stdout, result.stdout[-3000:]
