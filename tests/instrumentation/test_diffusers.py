@@ -467,7 +467,7 @@ def test_pipeline_without_step_callback(instrumented: Any, vision_telemetry: Cap
 
 def test_zero_code_with_ultralytics_missing(tmp_path: Any) -> None:
     """`opentelemetry-instrument python app.py` traces a diffusers pipeline with no code change, without ultralytics."""
-    from ..conftest import run_instrumented_without
+    from tests.conftest import run_instrumented_without
 
     app = tmp_path / "app.py"
     app.write_text(

@@ -21,8 +21,7 @@ import otel_vision
 from otel_vision._tiny_pipelines import tiny_instruct_pix2pix
 from otel_vision.instrumentation.diffusers import DiffusersInstrumentor
 from otel_vision.testing import CapturedTelemetry
-
-from ..conftest import ROOT
+from tests.conftest import ROOT
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -342,7 +342,7 @@ def test_val(instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry,
 
 def test_zero_code_with_diffusers_missing(tmp_path: Path) -> None:
     """`opentelemetry-instrument python app.py` traces YOLO with no code change, also where diffusers is missing."""
-    from ..conftest import run_instrumented_without
+    from tests.conftest import run_instrumented_without
 
     app = tmp_path / "app.py"
     app.write_text(
