@@ -111,6 +111,23 @@ class _PipelineHooks:
     def __init__(self) -> None:
         self.handles: dict[str, tuple[Any, Any]] = {}
         self.processor: tuple[Any, Any, Any] | None = None
+        self.device: tuple[Any, str] | None = None
+
+    def execution_device(self, pipe: Any, denoiser: Any) -> str | None:
+        """``pipe._execution_device`` (right under CPU offload), cached while the denoiser's weights stay put:
+        diffusers computes it by walking every module, over a millisecond per call."""
+        try:
+            key = next(denoiser.parameters()).device if denoiser is not None else None
+        except (StopIteration, AttributeError, TypeError):
+            key = None
+        if self.device is not None and key is not None and self.device[0] == key:
+            return self.device[1]
+        try:
+            value = str(pipe._execution_device)
+        except Exception:  # a pipeline with no module on any device
+            return None
+        self.device = (key, value)
+        return value
 
     def ensure(self, pipe: Any, hooks: dict[str, Callable[..., None]]) -> None:
         targets: dict[str, tuple[Any, Callable[..., None]]] = {}
@@ -318,7 +335,7 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
                 hooks = self._pipes[instance] = _PipelineHooks()
             assert self._hooks is not None
             hooks.ensure(instance, self._hooks)
-            root = _call.PipelineRequest(call, self._root_attributes(instance, args, kwargs))
+            root = _call.PipelineRequest(call, self._root_attributes(instance, hooks, args, kwargs))
             if per_step:
                 kwargs = {**kwargs, "callback_on_step_end": _chain_callback(kwargs.get("callback_on_step_end"))}
         except Exception:
@@ -330,7 +347,7 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         finally:
             context.detach(token)
 
-    def _root_attributes(self, pipe: Any, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _root_attributes(self, pipe: Any, hooks: _PipelineHooks, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         denoiser = next((getattr(pipe, n) for n in _call.DENOISERS if getattr(pipe, n, None) is not None), None)
         attrs: dict[str, Any] = {
             a.VISION_MODEL_NAME: type(pipe).__name__,
@@ -343,10 +360,9 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         dtype = getattr(denoiser, "dtype", None)
         if dtype is not None:
             attrs[a.VISION_DTYPE] = str(dtype).removeprefix("torch.")
-        try:
-            attrs[a.VISION_DEVICE] = str(pipe._execution_device)  # right under CPU offload, unlike pipe.device
-        except Exception:  # a pipeline without modules on any device
-            pass
+        device = hooks.execution_device(pipe, denoiser)
+        if device is not None:
+            attrs[a.VISION_DEVICE] = device
         prompt = _first_prompt(args, kwargs)
         if prompt is not None:
             try:

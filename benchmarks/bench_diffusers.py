@@ -1,0 +1,157 @@
+"""Overhead of the diffusers instrumentation, and (on CUDA) per-step ``gpu.time`` against torch.profiler.
+
+Overhead: each round times ``--calls`` pipeline calls without instrumentation and ``--calls`` with it, in alternating
+order (``uninstrument()`` removes every hook and wrapper); the figure is the median over rounds.
+
+    python benchmarks/bench_diffusers.py                                   # tiny InstructPix2Pix on CPU, 20 steps
+    python benchmarks/bench_diffusers.py --pipeline sd15 --device cuda --dtype float16 --size 512 --steps 20
+    python benchmarks/bench_diffusers.py --pipeline sd15 --device cuda --dtype float16 --size 512 --compare-profiler
+
+``--compare-profiler`` profiles calls with N and N+K steps; the difference in summed CUDA kernel time divided by K is
+the device work of one step, compared with the median ``gpu.time`` of the ``denoise_step`` spans of the same calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import otel_vision
+from otel_vision.instrumentation.diffusers import DiffusersInstrumentor
+
+
+class NullExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def build(args: argparse.Namespace) -> Any:
+    import torch
+
+    from otel_vision._tiny_pipelines import sd15_sized_instruct_pix2pix, tiny_instruct_pix2pix
+
+    dtype = getattr(torch, args.dtype)
+    if args.pipeline == "sd15":
+        return sd15_sized_instruct_pix2pix(device=args.device, dtype=dtype)
+    return tiny_instruct_pix2pix(device=args.device, dtype=dtype)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    import torch
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from PIL import Image
+
+    otel_vision.configure(
+        service_name="bench-diffusers", exporter="none", logs=False,
+        additional_span_processors=[BatchSpanProcessor(NullExporter())],
+    )  # fmt: skip
+    pipe = build(args)
+    image = Image.new("RGB", (args.size, args.size), (90, 120, 200))
+    instrumentor = DiffusersInstrumentor()
+
+    def timed() -> float:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            pipe("make it snowy", image=image, num_inference_steps=args.steps, output_type="np")
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / args.calls
+
+    for _ in range(2):
+        instrumentor.instrument(pipelines=[pipe])
+        timed()
+        instrumentor.uninstrument()
+        timed()
+    plain, traced = [], []
+    for r in range(args.rounds):
+        for variant in ("plain", "traced") if r % 2 == 0 else ("traced", "plain"):
+            if variant == "traced":
+                instrumentor.instrument(pipelines=[pipe])
+                traced.append(timed())
+                instrumentor.uninstrument()
+            else:
+                plain.append(timed())
+    otel_vision.shutdown()
+    p, t = statistics.median(plain), statistics.median(traced)
+    paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
+    q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+    print(
+        f"{args.pipeline} InstructPix2Pix {args.device} {args.dtype} {args.size}x{args.size} {args.steps} steps; "
+        f"Python {platform.python_version()}; {args.rounds} rounds x {args.calls} calls"
+    )
+    print("| variant | ms per call (median) |")
+    print("|---|---:|")
+    print(f"| not instrumented | {p * 1e3:.2f} |")
+    print(f"| instrumented | {t * 1e3:.2f} |")
+    print(f"| overhead (ratio of medians) | {(t / p - 1) * 100:+.2f} % |")
+    print(
+        f"| overhead (median of per-round pairs, IQR) | {statistics.median(paired) * 100:+.2f} % "
+        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] |"
+    )
+
+
+def compare_profiler(args: argparse.Namespace) -> None:
+    import torch
+    from PIL import Image
+    from torch.profiler import ProfilerActivity, profile
+
+    if not args.device.startswith("cuda"):
+        raise SystemExit("--compare-profiler needs --device cuda")
+    memory = InMemorySpanExporter()
+    otel_vision.configure(
+        service_name="bench-diffusers", exporter="none", logs=False, additional_span_processors=[
+            SimpleSpanProcessor(memory)],
+    )  # fmt: skip
+    pipe = build(args)
+    otel_vision.instrument_diffusers(pipe)
+    image = Image.new("RGB", (args.size, args.size), (90, 120, 200))
+    extra = 10
+
+    def kernel_seconds(steps: int) -> float:
+        pipe("make it snowy", image=image, num_inference_steps=steps, output_type="np")  # warm
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            pipe("make it snowy", image=image, num_inference_steps=steps, output_type="np")
+            torch.cuda.synchronize()
+        return sum(e.device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA") / 1e6
+
+    base, longer = kernel_seconds(args.steps), kernel_seconds(args.steps + extra)
+    otel_vision.shutdown()
+    per_step_kernels = (longer - base) / extra
+    step_times = [s.attributes["gpu.time"] for s in memory.get_finished_spans() if s.name == "denoise_step"]
+    median_gpu_time = statistics.median(step_times)
+    print(f"{args.pipeline} {args.device} {args.dtype} {args.size}x{args.size}; {len(step_times)} step spans")
+    print(f"| per-step CUDA kernel time (torch.profiler, N+{extra} minus N) | {per_step_kernels * 1e3:.3f} ms |")
+    print(f"| median denoise_step gpu.time (otel_vision) | {median_gpu_time * 1e3:.3f} ms |")
+    print(f"| ratio | {median_gpu_time / per_step_kernels:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pipeline", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--compare-profiler", action="store_true")
+    args = parser.parse_args()
+    compare_profiler(args) if args.compare_profiler else overhead(args)
+
+
+if __name__ == "__main__":
+    main()
