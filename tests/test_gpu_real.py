@@ -107,3 +107,79 @@ def test_nvml_metrics_and_utilization(real_gpu_telemetry: CapturedTelemetry) -> 
     assert 0 < span.attributes["gpu.utilization"] <= 1
     names = real_gpu_telemetry.metric_names()
     assert {"hw.gpu.memory.usage", "hw.gpu.memory.limit", "gpu.memory.allocated"} <= names
+
+
+def _sync_warnings(fn: Any) -> int:
+    """How many synchronizing CUDA calls torch reports while ``fn`` runs (sync debug mode "warn")."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def test_diffusers_adds_no_synchronization(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """An instrumented InstructPix2Pix call makes exactly as many synchronizing calls as an uninstrumented one, and
+    every step gets gpu.time and its timestep (read from pinned memory in the export path)."""
+    pytest.importorskip("diffusers")
+    from PIL import Image
+
+    from otel_vision._tiny_pipelines import tiny_instruct_pix2pix
+    from otel_vision.instrumentation.diffusers import DiffusersInstrumentor
+
+    pipe = tiny_instruct_pix2pix(device="cuda")
+    image = Image.new("RGB", (32, 32))
+
+    def run() -> None:
+        pipe("make it snowy", image=image, num_inference_steps=4, output_type="pt")
+
+    run()
+    plain = _sync_warnings(run)
+    otel_vision.instrument_diffusers(pipe)
+    try:
+        run()
+        traced = _sync_warnings(run)
+    finally:
+        DiffusersInstrumentor().uninstrument()
+    assert traced == plain
+    steps = real_gpu_telemetry.spans("denoise_step")[-4:]
+    assert all(s.attributes["gpu.time"] > 0 for s in steps)
+    assert [s.attributes["diffusion.step.timestep"] for s in steps] == [float(t) for t in pipe.scheduler.timesteps]
+
+
+def test_ultralytics_adds_no_synchronization(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """An instrumented YOLO predict on CUDA makes no more synchronizing calls than ultralytics itself, and its
+    stage spans carry gpu.time, memory and hw.id."""
+    import os
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    pytest.importorskip("ultralytics")
+    from ultralytics import YOLO
+    from ultralytics.utils import ASSETS
+
+    from otel_vision.instrumentation.ultralytics import UltralyticsInstrumentor
+
+    model = YOLO("yolov8n.yaml")
+
+    def run() -> None:
+        model.predict([ASSETS / "bus.jpg", ASSETS / "zidane.jpg"], device="cuda", conf=1e-4, verbose=False)
+
+    run()
+    plain = _sync_warnings(run)
+    otel_vision.instrument_ultralytics(model)
+    try:
+        run()
+        traced = _sync_warnings(run)
+    finally:
+        UltralyticsInstrumentor().uninstrument()
+    assert traced == plain
+    inference = real_gpu_telemetry.spans("inference")[-1]
+    assert inference.attributes["gpu.time"] > 0 and str(inference.attributes["hw.id"]).startswith(("GPU-", "MIG-"))
+    assert "vision.detections.classes" in real_gpu_telemetry.spans("batch")[-1].attributes

@@ -246,7 +246,7 @@ def make_callbacks(wrapped_predictors: weakref.WeakSet[Any]) -> dict[str, Callab
         if call is None or call.batch is None:
             return
         active, call.batch = call.batch, None
-        summarize_batch(active.span, predictor, call)
+        summarize_batch(active, predictor, call)
         call.batch_stage._finish(active, None)
 
     return {
@@ -258,13 +258,26 @@ def make_callbacks(wrapped_predictors: weakref.WeakSet[Any]) -> dict[str, Callab
     }
 
 
-def summarize_batch(span: Span, predictor: Any, call: Call) -> None:
-    """Detections per batch and per image (bounded), ``vision.images`` and ``vision.detections`` metrics."""
+def _top_classes(class_ids: list[int], names: Any) -> list[str]:
+    names = names or {}
+    return [f"{names.get(c, c)}:{n}" for c, n in Counter(class_ids).most_common(TOP_CLASSES)]
+
+
+def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
+    """Detections per batch and per image (bounded), ``vision.images`` and ``vision.detections`` metrics.
+
+    Counts come from tensor shapes (host-side). Class names need the class ids: on CPU they are read at once, per
+    image; on CUDA they are copied asynchronously to pinned memory and summarized for the whole batch in the export
+    path (``vision.detections.classes`` on the batch span), so the inference thread never waits for the device.
+    """
+    span = active.span
     results = getattr(predictor, "results", None) or []
     instruments = _runtime.current().instruments
     metric_attrs = instruments.metric_attributes({a.VISION_MODEL_NAME: call.model_name})
     total = 0
     counted = False
+    device_classes: list[Any] = []
+    names: Any = None
     for index, result in enumerate(results):
         boxes = getattr(result, "boxes", None)
         if boxes is None:
@@ -279,13 +292,14 @@ def summarize_batch(span: Span, predictor: Any, call: Call) -> None:
             counted = True
             event[a.VISION_DETECTIONS_COUNT] = count
             instruments.detections.record(count, metric_attrs)
-            if count and index < MAX_IMAGE_EVENTS:
-                # A few bytes copied after ultralytics' own end-of-postprocess synchronization: nothing to wait for.
-                names = getattr(result, "names", {}) or {}
-                classes = Counter(int(c) for c in boxes.cls.tolist())
-                event[a.VISION_DETECTIONS_CLASSES] = [
-                    f"{names.get(c, c)}:{n}" for c, n in classes.most_common(TOP_CLASSES)
-                ]
+            names = getattr(result, "names", None)
+            if count:
+                classes = boxes.cls
+                if getattr(getattr(classes, "device", None), "type", "cpu") == "cpu":
+                    if index < MAX_IMAGE_EVENTS:
+                        event[a.VISION_DETECTIONS_CLASSES] = _top_classes([int(c) for c in classes.tolist()], names)
+                else:
+                    device_classes.append(classes)
         if index < MAX_IMAGE_EVENTS:
             span.add_event("image", event)
     if results:
@@ -293,3 +307,19 @@ def summarize_batch(span: Span, predictor: Any, call: Call) -> None:
         call.images += len(results)
     if counted:
         span.set_attribute(a.VISION_DETECTIONS_COUNT, total)
+    if device_classes:
+        _defer_batch_classes(active, device_classes, names)
+
+
+def _defer_batch_classes(active: _Active, device_classes: list[Any], names: Any) -> None:
+    probe = _runtime.current().gpu
+    if probe is None or active.gpu is None:
+        return  # no event to tell when the copy has landed: leave the summary out rather than synchronize
+    import torch
+
+    ids = torch.cat([c.reshape(-1) for c in device_classes])
+    host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+    host.copy_(ids, non_blocking=True)
+    probe.defer(
+        active.span, lambda: {a.VISION_DETECTIONS_CLASSES: _top_classes([int(c) for c in host.tolist()], names)}
+    )
