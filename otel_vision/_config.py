@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 Protocol = Literal["grpc", "http/protobuf"]
-ExporterKind = Literal["otlp", "console", "none"]
+ExporterKind = Literal["otlp", "console", "none", "prometheus"]
 
 OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 """Standard: ``true`` turns every signal off; ``configure()`` then returns a handle that does nothing."""
@@ -24,7 +24,12 @@ OTEL_EXPORTER_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 OTEL_TRACES_EXPORTER: Final = "OTEL_TRACES_EXPORTER"
 """Standard: ``otlp`` (default), ``console`` or ``none`` for spans."""
 OTEL_METRICS_EXPORTER: Final = "OTEL_METRICS_EXPORTER"
-"""Standard: ``otlp`` (default), ``console`` or ``none`` for metrics."""
+"""Standard: ``otlp`` (default), ``console``, ``none`` or ``prometheus`` (a pull endpoint, see below) for metrics."""
+OTEL_EXPORTER_PROMETHEUS_HOST: Final = "OTEL_EXPORTER_PROMETHEUS_HOST"
+"""Standard: address the ``prometheus`` metrics endpoint binds to; default ``127.0.0.1`` (never all interfaces
+unless you say so)."""
+OTEL_EXPORTER_PROMETHEUS_PORT: Final = "OTEL_EXPORTER_PROMETHEUS_PORT"
+"""Standard: port of the ``prometheus`` metrics endpoint; default ``9464``."""
 OTEL_LOGS_EXPORTER: Final = "OTEL_LOGS_EXPORTER"
 """Standard: ``otlp`` (default), ``console`` or ``none`` for logs."""
 
@@ -48,6 +53,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS: Final = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _EXPORTERS: Final[tuple[ExporterKind, ...]] = ("otlp", "console", "none")
+_METRIC_EXPORTERS: Final[tuple[ExporterKind, ...]] = ("otlp", "console", "none", "prometheus")
 _PROTOCOLS: Final = {"grpc": "grpc", "http/protobuf": "http/protobuf", "http": "http/protobuf"}
 
 
@@ -65,6 +71,8 @@ class Settings:
     traces_exporter: ExporterKind = "otlp"
     metrics_exporter: ExporterKind = "otlp"
     logs_exporter: ExporterKind = "otlp"
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int = 9464
     sample_rate: float | None = None
     """``None`` leaves sampling to ``OTEL_TRACES_SAMPLER``; else a parent-based trace-id ratio."""
     gpu: bool = True
@@ -139,16 +147,18 @@ def _protocol(arg: str | None, environ: Mapping[str, str]) -> Protocol:
         raise ValueError(f"{source}={raw!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'") from None
 
 
-def _exporter(arg: str | None, env_name: str, environ: Mapping[str, str]) -> ExporterKind:
+def _exporter(
+    arg: str | None, env_name: str, environ: Mapping[str, str], allowed: tuple[ExporterKind, ...] = _EXPORTERS
+) -> ExporterKind:
     source, raw = _source("exporter", arg, env_name, environ)
     if raw is None:
         return "otlp"
     # The standard variables allow a comma-separated list; we build one exporter per signal and take the first.
     first = str(raw).split(",")[0].strip().lower()
-    for kind in _EXPORTERS:
+    for kind in allowed:
         if first == kind:
             return kind
-    raise ValueError(f"{source}={raw!r} is not supported: use 'otlp', 'console' or 'none'")
+    raise ValueError(f"{source}={raw!r} is not supported: use {', '.join(repr(k) for k in allowed)}")
 
 
 def _log_level(arg: int | str | None, environ: Mapping[str, str]) -> int:
@@ -201,6 +211,9 @@ def resolve(
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
             raise ValueError(f"resource_attributes[{key!r}]={value!r}: keys must be str, values str/int/float/bool")
     disabled_raw = _env(OTEL_SDK_DISABLED, env)
+    port_raw = _env(OTEL_EXPORTER_PROMETHEUS_PORT, env) or "9464"
+    if not port_raw.isdigit() or not 0 < int(port_raw) < 65536:
+        raise ValueError(f"{OTEL_EXPORTER_PROMETHEUS_PORT}={port_raw!r} is not a TCP port")
     return Settings(
         service_name=service_name,
         resource_attributes=attrs,
@@ -208,8 +221,10 @@ def resolve(
         endpoint=endpoint,
         headers=dict(headers) if headers is not None else None,
         traces_exporter=_exporter(exporter, OTEL_TRACES_EXPORTER, env),
-        metrics_exporter=_exporter(exporter, OTEL_METRICS_EXPORTER, env),
+        metrics_exporter=_exporter(exporter, OTEL_METRICS_EXPORTER, env, _METRIC_EXPORTERS),
         logs_exporter=_exporter(exporter, OTEL_LOGS_EXPORTER, env),
+        prometheus_host=_env(OTEL_EXPORTER_PROMETHEUS_HOST, env) or "127.0.0.1",
+        prometheus_port=int(port_raw),
         sample_rate=float(sample_rate) if sample_rate is not None else None,
         gpu=_bool_setting("gpu", gpu, OTEL_VISION_GPU, env, True),
         gpu_sample_interval=_seconds_setting(

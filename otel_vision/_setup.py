@@ -71,6 +71,7 @@ class Handle:
     gpu: GpuTelemetry | None = None
     standalone: bool = False
     _log_handlers: list[logging.Handler] = field(default_factory=list)
+    _servers: list[Any] = field(default_factory=list)
     _closed: bool = False
 
     @property
@@ -97,6 +98,9 @@ class Handle:
             root.removeHandler(handler)
         if self.gpu is not None:
             self.gpu.stop()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
         threads = [
             threading.Thread(target=_quietly, args=(p.shutdown,), name="otel-vision-shutdown", daemon=True)
             for p in self._providers()
@@ -228,8 +232,26 @@ def _span_exporter(settings: _config.Settings) -> SpanExporter | None:
     return HttpSpans(**_otlp_kwargs(settings, "traces"))
 
 
+def _prometheus_endpoint(settings: _config.Settings) -> tuple[MetricReader, Any]:
+    """A Prometheus pull endpoint (``/metrics``), bound to loopback unless ``OTEL_EXPORTER_PROMETHEUS_HOST`` says
+    otherwise; opt-in only (``OTEL_METRICS_EXPORTER=prometheus``)."""
+    try:
+        import prometheus_client
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    except ImportError:
+        raise ValueError(
+            "OTEL_METRICS_EXPORTER=prometheus needs the Prometheus exporter: pip install 'otel-vision[prometheus]'"
+        ) from None
+    registry = prometheus_client.CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    server, _ = prometheus_client.start_http_server(
+        settings.prometheus_port, addr=settings.prometheus_host, registry=registry
+    )
+    return reader, server
+
+
 def _metric_exporter(settings: _config.Settings) -> MetricExporter | None:
-    if settings.metrics_exporter == "none":
+    if settings.metrics_exporter in ("none", "prometheus"):
         return None
     if settings.metrics_exporter == "console":
         return ConsoleMetricExporter()
@@ -307,6 +329,9 @@ def build(
         metric_exporter = _metric_exporter(settings)
         if metric_exporter is not None:
             readers.append(PeriodicExportingMetricReader(metric_exporter))
+        prometheus = _prometheus_endpoint(settings) if settings.metrics_exporter == "prometheus" else None
+        if prometheus is not None:
+            readers.append(prometheus[0])
         meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
         meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
         if gpu is not None:
@@ -320,6 +345,8 @@ def build(
             logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
 
         handle = Handle(settings, tracer_provider, meter_provider, logger_provider, gpu, standalone=standalone)
+        if prometheus is not None:
+            handle._servers.append(prometheus[1])
         if settings.logs:
             _attach_logging(handle, logger_provider, settings.log_level)
 
