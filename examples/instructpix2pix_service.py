@@ -109,7 +109,7 @@ def create_app(pipe: Any, capacity: int = 4, steps: int = 20) -> FastAPI:
     """The service around an (already instrumented) pipeline; the worker starts and stops with the app."""
     from contextlib import asynccontextmanager
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     worker = Worker(pipe, capacity)
 
@@ -140,8 +140,8 @@ def create_app(pipe: Any, capacity: int = 4, steps: int = 20) -> FastAPI:
                 try:
                     picture = Image.open(io.BytesIO(data))
                     picture.load()
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise InvalidImageError(str(exc) or type(exc).__name__) from None
+                except Exception as exc:  # any decoder failure (Pillow may also fail importing an optional plugin)
+                    raise InvalidImageError(str(exc).split("\n")[0] or type(exc).__name__) from None
                 job = Job(picture.convert("RGB"), instruction.strip(), steps, context.get_current())
                 worker.submit(job)
                 edited = await asyncio.wrap_future(job.result)
