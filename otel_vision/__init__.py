@@ -12,7 +12,12 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
-from otel_vision._instrument import instrument_diffusers, instrument_ultralytics
+from otel_vision._instrument import (
+    instrument_diffusers,
+    instrument_module,
+    instrument_ultralytics,
+    uninstrument_module,
+)
 from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import queue_wait, request, stage
 from otel_vision._version import __version__
@@ -22,9 +27,11 @@ __all__ = [
     "__version__",
     "configure",
     "instrument_diffusers",
+    "instrument_module",
     "instrument_ultralytics",
     "queue_wait",
     "request",
     "shutdown",
     "stage",
+    "uninstrument_module",
 ]

@@ -46,6 +46,8 @@ OTEL_VISION_LOGS: Final = "OTEL_VISION_LOGS"
 OTEL_VISION_LOG_LEVEL: Final = "OTEL_VISION_LOG_LEVEL"
 """Lowest stdlib logging level exported, default ``INFO``."""
 
+OTEL_VISION_NVTX: Final = "OTEL_VISION_NVTX"
+"""``false`` (default) or ``true``: mirror every span as an NVTX range, for Nsight Systems captures."""
 OTEL_VISION_CAPTURE_PROMPTS: Final = "OTEL_VISION_CAPTURE_PROMPTS"
 """``false`` (default) or ``true``: record diffusion prompts as ``vision.prompt`` on the pipeline's root span."""
 
@@ -81,6 +83,7 @@ class Settings:
     gpu_peak_memory: bool = True
     logs: bool = True
     log_level: int = 20
+    nvtx: bool = False
     disabled: bool = False
 
 
@@ -192,6 +195,7 @@ def resolve(
     gpu_peak_memory: bool | None = None,
     logs: bool | None = None,
     log_level: int | str | None = None,
+    nvtx: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve arguments against the environment into validated `Settings`; raise ``ValueError`` on a bad value."""
@@ -234,6 +238,7 @@ def resolve(
         gpu_peak_memory=_bool_setting("gpu_peak_memory", gpu_peak_memory, OTEL_VISION_GPU_PEAK_MEMORY, env, True),
         logs=_bool_setting("logs", logs, OTEL_VISION_LOGS, env, True),
         log_level=_log_level(log_level, env),
+        nvtx=_bool_setting("nvtx", nvtx, OTEL_VISION_NVTX, env, False),
         disabled=False if disabled_raw is None else _parse_bool(OTEL_SDK_DISABLED, disabled_raw),
     )
 

@@ -15,6 +15,7 @@ from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
 
 if TYPE_CHECKING:
+    from otel_vision.gpu._nvtx import NvtxRanges
     from otel_vision.gpu._spans import SpanGpuProbe
 
 SCOPE: Final = "otel_vision"
@@ -27,6 +28,7 @@ class Runtime:
     tracer: trace.Tracer
     instruments: Instruments
     gpu: SpanGpuProbe | None = None
+    nvtx: NvtxRanges | None = None
 
 
 def _from_globals() -> Runtime:

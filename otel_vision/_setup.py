@@ -40,6 +40,7 @@ from otel_vision import _config, _runtime
 from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
 from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
+from otel_vision.gpu._nvtx import NvtxRanges
 
 logger = logging.getLogger("otel_vision")
 
@@ -355,6 +356,7 @@ def build(
                 tracer=tracer_provider.get_tracer(_runtime.SCOPE, __version__),
                 instruments=Instruments(meter),
                 gpu=gpu.probe if gpu is not None else None,
+                nvtx=NvtxRanges() if settings.nvtx else None,
             )
         )
         if standalone:
@@ -424,6 +426,7 @@ def configure(
     gpu_peak_memory: bool | None = None,
     logs: bool | None = None,
     log_level: int | str | None = None,
+    nvtx: bool | None = None,
     additional_span_processors: Sequence[SpanProcessor] = (),
     additional_metric_readers: Sequence[MetricReader] = (),
 ) -> Handle:
@@ -455,6 +458,7 @@ def configure(
         gpu_peak_memory: per-span ``gpu.memory.peak`` (``OTEL_VISION_GPU_PEAK_MEMORY``, default on).
         logs: export stdlib ``logging`` records (``OTEL_VISION_LOGS``, default on).
         log_level: lowest level exported (``OTEL_VISION_LOG_LEVEL``, default ``INFO``).
+        nvtx: mirror every span as an NVTX range for Nsight Systems (``OTEL_VISION_NVTX``, default off).
         additional_span_processors: more span processors (they also receive the GPU-completed spans).
         additional_metric_readers: more metric readers, e.g. a Prometheus reader.
 
@@ -475,6 +479,7 @@ def configure(
         gpu_peak_memory=gpu_peak_memory,
         logs=logs,
         log_level=log_level,
+        nvtx=nvtx,
     )
     return build(settings, span_processors=additional_span_processors, metric_readers=additional_metric_readers)
 

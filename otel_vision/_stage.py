@@ -36,13 +36,14 @@ R = TypeVar("R")
 class _Active:
     """One running stage: its span, the runtime it started under, GPU bookkeeping and the host start time."""
 
-    __slots__ = ("cv_token", "gpu", "runtime", "span", "t0", "token")
+    __slots__ = ("cv_token", "gpu", "nvtx", "runtime", "span", "t0", "token")
 
-    def __init__(self, runtime: _runtime.Runtime, span: Span, gpu: object, t0: float) -> None:
+    def __init__(self, runtime: _runtime.Runtime, span: Span, gpu: object, t0: float, nvtx: int | None) -> None:
         self.runtime = runtime
         self.span = span
         self.gpu = gpu
         self.t0 = t0
+        self.nvtx = nvtx
         self.token: object = None
         self.cv_token: object = None
 
@@ -110,7 +111,8 @@ class stage:
         gpu = None
         if runtime.gpu is not None and span.is_recording():
             gpu = runtime.gpu.start()
-        return _Active(runtime, span, gpu, perf_counter())
+        nvtx = runtime.nvtx.start(self.name) if runtime.nvtx is not None else None
+        return _Active(runtime, span, gpu, perf_counter(), nvtx)
 
     def _finish(
         self, active: _Active, exc: BaseException | None, items: int | None = None, abandoned: bool = False
@@ -131,6 +133,8 @@ class stage:
             self._record(runtime.instruments, duration, failure)
         except Exception:  # never let our bookkeeping replace the user's result or exception
             report_internal_error("stage bookkeeping")
+        if active.nvtx is not None and runtime.nvtx is not None:
+            runtime.nvtx.end(active.nvtx)
         span.end()
 
     def _record(self, instruments: Instruments, duration: float, failure: str | None) -> None:

@@ -183,3 +183,28 @@ def test_ultralytics_adds_no_synchronization(real_gpu_telemetry: CapturedTelemet
     inference = real_gpu_telemetry.spans("inference")[-1]
     assert inference.attributes["gpu.time"] > 0 and str(inference.attributes["hw.id"]).startswith(("GPU-", "MIG-"))
     assert "vision.detections.classes" in real_gpu_telemetry.spans("batch")[-1].attributes
+
+
+def test_instrument_module_adds_no_synchronization(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """instrument_module on a CUDA ResNet-18 adds no synchronizing call and gives each forward gpu.time and hw.id."""
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None).eval().cuda()
+    x = torch.randn(8, 3, 224, 224, device="cuda")
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(3):
+                model(x)
+
+    run()
+    plain = _sync_warnings(run)
+    otel_vision.instrument_module(model, name="resnet18", submodules=["layer4", "fc"])
+    try:
+        traced = _sync_warnings(run)
+    finally:
+        otel_vision.uninstrument_module(model)
+    assert traced == plain == 0
+    spans = real_gpu_telemetry.spans("inference")
+    assert len(spans) == 3 and all(s.attributes["gpu.time"] > 0 for s in spans)
+    assert all(s.attributes["vision.device"] == "cuda:0" for s in spans)
+    assert all(s.attributes["gpu.time"] > 0 for s in real_gpu_telemetry.spans("layer4"))

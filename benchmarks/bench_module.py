@@ -1,0 +1,96 @@
+"""Overhead of `instrument_module`: ResNet-18 forward on CPU, instrumented versus not, in one process.
+
+Each round times ``--calls`` forwards without hooks and ``--calls`` with them (``uninstrument_module`` removes every
+hook, so "not instrumented" is torch's hook-free fast path), alternating the order; the figure is the median.
+
+    python benchmarks/bench_module.py --rounds 30
+    python benchmarks/bench_module.py --submodules layer1 layer2 layer3 layer4 fc
+    python benchmarks/bench_module.py --device cuda --batch 8 --size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+import torchvision
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import otel_vision
+
+
+class NullExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--submodules", nargs="*", default=None)
+    args = parser.parse_args()
+
+    otel_vision.configure(
+        service_name="bench-module", exporter="none", logs=False,
+        additional_span_processors=[BatchSpanProcessor(NullExporter())],
+    )  # fmt: skip
+    model = torchvision.models.resnet18(weights=None).eval().to(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    cuda = args.device.startswith("cuda")
+
+    def timed() -> float:
+        with torch.inference_mode():
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.calls):
+                model(x)
+            if cuda:
+                torch.cuda.synchronize()
+        return (time.perf_counter() - start) / args.calls
+
+    for _ in range(2):
+        otel_vision.instrument_module(model, name="resnet18", submodules=args.submodules)
+        timed()
+        otel_vision.uninstrument_module(model)
+        timed()
+    plain, traced = [], []
+    for r in range(args.rounds):
+        for variant in ("plain", "traced") if r % 2 == 0 else ("traced", "plain"):
+            if variant == "traced":
+                otel_vision.instrument_module(model, name="resnet18", submodules=args.submodules)
+                traced.append(timed())
+                otel_vision.uninstrument_module(model)
+            else:
+                plain.append(timed())
+    otel_vision.shutdown()
+    p, t = statistics.median(plain), statistics.median(traced)
+    paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
+    q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+    spans = 1 + len(args.submodules or [])
+    print(
+        f"ResNet-18 {args.device} batch={args.batch} {args.size}x{args.size}, {spans} span(s) per forward; "
+        f"Python {platform.python_version()}, torch {torch.__version__}; {args.rounds} rounds x {args.calls} calls"
+    )
+    print("| variant | ms per forward (median) |")
+    print("|---|---:|")
+    print(f"| not instrumented | {p * 1e3:.3f} |")
+    print(f"| instrumented | {t * 1e3:.3f} |")
+    print(f"| overhead (ratio of medians) | {(t / p - 1) * 100:+.2f} % |")
+    print(
+        f"| overhead (median of per-round pairs, IQR) | {statistics.median(paired) * 100:+.2f} % "
+        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] |"
+    )
+
+
+if __name__ == "__main__":
+    main()

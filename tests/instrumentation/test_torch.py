@@ -1,0 +1,208 @@
+"""torch.nn.Module instrumentation on CPU: span trees, shapes, exceptions, nesting, torch.compile, NVTX."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.trace import StatusCode
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+import otel_vision  # noqa: E402
+from otel_vision.testing import CapturedTelemetry, capture_telemetry  # noqa: E402
+
+
+class Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU())
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x: Any, scale: float = 1.0) -> Any:
+        return self.head(self.backbone(x)) * scale
+
+
+@pytest.fixture
+def resnet() -> Iterator[Any]:
+    model = torchvision.models.resnet18(weights=None).eval()
+    yield model
+    otel_vision.uninstrument_module(model)
+
+
+def _hooks(model: Any) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _children(captured: CapturedTelemetry, parent: Any) -> list[Any]:
+    kids = [s for s in captured.spans() if s.parent is not None and s.parent.span_id == parent.context.span_id]
+    return sorted(kids, key=lambda s: s.start_time)
+
+
+class TestSpans:
+    def test_model_span_with_input_summary(self, vision_telemetry: CapturedTelemetry, resnet: Any) -> None:
+        """Each forward is one inference span with model name, input shapes and dtype (never values) and device."""
+        otel_vision.instrument_module(resnet, name="resnet18")
+        with torch.inference_mode():
+            resnet(torch.randn(2, 3, 64, 64))
+            resnet(torch.randn(1, 3, 32, 32))
+        first, second = vision_telemetry.spans("inference")
+        assert first.attributes["vision.model.name"] == "resnet18" and first.attributes["vision.stage"] == "inference"
+        assert first.attributes["vision.input.shapes"] == ("float32[2,3,64,64]",)
+        assert first.attributes["vision.device"] == "cpu" and first.attributes["vision.batch.size"] == 2
+        assert second.attributes["vision.input.shapes"] == ("float32[1,3,32,32]",)
+        (point,) = vision_telemetry.points("vision.stage.duration")
+        assert point.count == 2 and point.attributes == {"vision.stage": "inference", "vision.model.name": "resnet18"}
+
+    def test_kwargs_and_several_inputs(self, vision_telemetry: CapturedTelemetry) -> None:
+        """Tensors passed as keyword arguments are summarized too; non-tensors are not."""
+        model = Toy()
+        otel_vision.instrument_module(model)
+        model(x=torch.randn(3, 16), scale=2.0)
+        span = vision_telemetry.span("inference")
+        assert span.attributes["vision.model.name"] == "Toy" and span.attributes["vision.input.shapes"] == (
+            "float32[3,16]",
+        )
+
+    def test_chosen_submodules(self, vision_telemetry: CapturedTelemetry, resnet: Any) -> None:
+        """submodules=[...] adds child spans named after their path, in call order, under the model span."""
+        otel_vision.instrument_module(resnet, name="resnet18", submodules=["layer1", "layer4", "fc"])
+        with torch.inference_mode():
+            resnet(torch.randn(1, 3, 64, 64))
+        root = vision_telemetry.span("inference")
+        children = _children(vision_telemetry, root)
+        assert [s.name for s in children] == ["layer1", "layer4", "fc"]
+        assert children[1].attributes["vision.module.path"] == "layer4"
+        assert all(c.start_time >= root.start_time and c.end_time <= root.end_time for c in children)
+
+    def test_depth(self, vision_telemetry: CapturedTelemetry) -> None:
+        """submodules=1 traces every direct child (not the leaves below them)."""
+        model = Toy()
+        otel_vision.instrument_module(model, submodules=1)
+        model(torch.randn(2, 16))
+        assert [s.name for s in _children(vision_telemetry, vision_telemetry.span("inference"))] == ["backbone", "head"]
+
+    def test_bad_submodule_named(self) -> None:
+        """An unknown submodule name is a ValueError naming it and listing the children; nothing is left attached."""
+        model = Toy()
+        with pytest.raises(ValueError, match=r"no submodule 'neck'.*\['backbone', 'head'\]"):
+            otel_vision.instrument_module(model, submodules=["backbone", "neck"])
+        assert _hooks(model) == 0
+        with pytest.raises(TypeError, match="torch.nn.Module"):
+            otel_vision.instrument_module(object())
+
+    def test_exception_inside_forward(self, vision_telemetry: CapturedTelemetry) -> None:
+        """An exception in forward marks the model and submodule spans ERROR and reaches the caller unchanged."""
+        model = Toy()
+        otel_vision.instrument_module(model, submodules=["head"])
+        with pytest.raises(RuntimeError) as caught:
+            model(torch.randn(2, 15))  # wrong feature size: the backbone's Linear raises
+        inference = vision_telemetry.span("inference")
+        assert inference.status.status_code is StatusCode.ERROR and inference.attributes["error.type"] == "RuntimeError"
+        assert "mat1 and mat2" in str(caught.value)
+        # the context is clean again: a following call is a new root
+        model(torch.randn(2, 16))
+        second = vision_telemetry.spans("inference")[-1]
+        assert second.parent is None and second.status.status_code is StatusCode.UNSET
+
+
+class TestNesting:
+    def test_no_duplicate_span_for_an_instrumented_child(self, vision_telemetry: CapturedTelemetry) -> None:
+        """A model instrumented inside another instrumented model adds no span of its own unless asked."""
+        outer = Toy()
+        otel_vision.instrument_module(outer.head, name="head-model")
+        otel_vision.instrument_module(outer, name="outer")
+        outer(torch.randn(2, 16))
+        assert [s.attributes["vision.model.name"] for s in vision_telemetry.spans()] == ["outer"]
+        outer.head(torch.randn(2, 32))  # called alone, it is traced
+        assert vision_telemetry.spans()[-1].attributes["vision.model.name"] == "head-model"
+
+    def test_nested_when_asked(self, vision_telemetry: CapturedTelemetry) -> None:
+        """nested=True traces the inner model as a child of the outer one."""
+        outer = Toy()
+        otel_vision.instrument_module(outer.head, name="head-model", nested=True)
+        otel_vision.instrument_module(outer, name="outer")
+        outer(torch.randn(2, 16))
+        inner = [s for s in vision_telemetry.spans() if s.attributes["vision.model.name"] == "head-model"]
+        root = [s for s in vision_telemetry.spans() if s.attributes["vision.model.name"] == "outer"]
+        assert inner[0].parent.span_id == root[0].context.span_id
+
+    def test_inside_a_stage(self, vision_telemetry: CapturedTelemetry) -> None:
+        """The model span nests under the caller's stage span."""
+        model = Toy()
+        otel_vision.instrument_module(model)
+        with otel_vision.request("classify"):
+            model(torch.randn(1, 16))
+        assert vision_telemetry.span("inference").parent.span_id == vision_telemetry.span("classify").context.span_id
+
+
+class TestLifecycle:
+    def test_uninstrument_removes_every_hook(self, vision_telemetry: CapturedTelemetry, resnet: Any) -> None:
+        """uninstrument_module removes all hooks; re-instrumenting replaces, never stacks."""
+        otel_vision.instrument_module(resnet, submodules=2)
+        assert _hooks(resnet) > 0
+        otel_vision.instrument_module(resnet, submodules=["fc"])
+        assert _hooks(resnet) == 4
+        otel_vision.uninstrument_module(resnet)
+        assert _hooks(resnet) == 0
+        with torch.inference_mode():
+            resnet(torch.randn(1, 3, 32, 32))
+        assert vision_telemetry.spans() == []
+        otel_vision.uninstrument_module(resnet)  # a no-op the second time
+
+
+class TestCompile:
+    def test_compiled_wrapper_fullgraph(self, vision_telemetry: CapturedTelemetry) -> None:
+        """Instrumenting the torch.compile wrapper works with fullgraph=True: spans, and no graph break."""
+        torch._dynamo.reset()
+        x = torch.randn(4, 16)
+        compiled = torch.compile(Toy(), backend="eager", fullgraph=True)
+        otel_vision.instrument_module(compiled, name="toy")
+        compiled(x)
+        compiled(x)
+        assert len(vision_telemetry.spans("inference")) == 2
+        assert torch._dynamo.explain(compiled)(x).graph_break_count == 0
+
+    def test_instrument_then_compile(self, vision_telemetry: CapturedTelemetry) -> None:
+        """Instrumenting first and compiling after (fullgraph=True) also adds no graph break."""
+        torch._dynamo.reset()
+        x = torch.randn(4, 16)
+        model = Toy()
+        otel_vision.instrument_module(model, name="toy")
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        compiled(x)
+        assert len(vision_telemetry.spans("inference")) == 1
+        assert vision_telemetry.span("inference").attributes["vision.model.name"] == "toy"
+        torch._dynamo.reset()
+        assert torch._dynamo.explain(model)(x).graph_break_count == 0
+
+
+def test_nvtx_ranges_mirror_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nvtx=True every span opens and closes an NVTX range of the same name (off by default)."""
+    ranges: list[tuple[str, Any]] = []
+
+    def start(name: str) -> int:
+        ranges.append(("start", name))
+        return len(ranges)
+
+    monkeypatch.setattr(torch.cuda.nvtx, "range_start", start)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_end", lambda handle: ranges.append(("end", handle)))
+    model = Toy()
+    with capture_telemetry() as captured:
+        otel_vision.instrument_module(model, submodules=["head"])
+        model(torch.randn(1, 16))
+    assert ranges == []
+    with capture_telemetry(nvtx=True) as captured:
+        with otel_vision.stage("preprocess"):
+            pass
+        model(torch.randn(1, 16))
+        assert len(captured.spans()) == 3
+    otel_vision.uninstrument_module(model)
+    assert [r for r in ranges if r[0] == "start"] == [
+        ("start", "preprocess"),
+        ("start", "inference"),
+        ("start", "head"),
+    ]
+    assert sorted(r[1] for r in ranges if r[0] == "end") == [1, 3, 4]
