@@ -18,22 +18,16 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from _ab import NullExporter, alternate, report
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_vision
 from otel_vision.instrumentation.diffusers import DiffusersInstrumentor
-
-
-class NullExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
 
 
 def build(args: argparse.Namespace) -> Any:
@@ -70,37 +64,15 @@ def overhead(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.calls
 
-    for _ in range(2):
-        instrumentor.instrument(pipelines=[pipe])
-        timed()
-        instrumentor.uninstrument()
-        timed()
-    plain, traced = [], []
-    for r in range(args.rounds):
-        for variant in ("plain", "traced") if r % 2 == 0 else ("traced", "plain"):
-            if variant == "traced":
-                instrumentor.instrument(pipelines=[pipe])
-                traced.append(timed())
-                instrumentor.uninstrument()
-            else:
-                plain.append(timed())
+    plain, traced = alternate(
+        timed, lambda: instrumentor.instrument(pipelines=[pipe]), instrumentor.uninstrument, args.rounds
+    )
     otel_vision.shutdown()
-    p, t = statistics.median(plain), statistics.median(traced)
-    paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
-    q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
-    print(
+    title = (
         f"{args.pipeline} InstructPix2Pix {args.device} {args.dtype} {args.size}x{args.size} {args.steps} steps; "
         f"Python {platform.python_version()}; {args.rounds} rounds x {args.calls} calls"
     )
-    print("| variant | ms per call (median) |")
-    print("|---|---:|")
-    print(f"| not instrumented | {p * 1e3:.2f} |")
-    print(f"| instrumented | {t * 1e3:.2f} |")
-    print(f"| overhead (ratio of medians) | {(t / p - 1) * 100:+.2f} % |")
-    print(
-        f"| overhead (median of per-round pairs, IQR) | {statistics.median(paired) * 100:+.2f} % "
-        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] |"
-    )
+    report(title, "call", plain, traced)
 
 
 def compare_profiler(args: argparse.Namespace) -> None:

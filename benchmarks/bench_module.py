@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
-from collections.abc import Sequence
 
 import torch
 import torchvision
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from _ab import NullExporter, alternate, report
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import otel_vision
-
-
-class NullExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
 
 
 def main() -> None:
@@ -58,38 +51,19 @@ def main() -> None:
                 torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.calls
 
-    for _ in range(2):
-        otel_vision.instrument_module(model, name="resnet18", submodules=args.submodules)
-        timed()
-        otel_vision.uninstrument_module(model)
-        timed()
-    plain, traced = [], []
-    for r in range(args.rounds):
-        for variant in ("plain", "traced") if r % 2 == 0 else ("traced", "plain"):
-            if variant == "traced":
-                otel_vision.instrument_module(model, name="resnet18", submodules=args.submodules)
-                traced.append(timed())
-                otel_vision.uninstrument_module(model)
-            else:
-                plain.append(timed())
+    plain, traced = alternate(
+        timed,
+        lambda: otel_vision.instrument_module(model, name="resnet18", submodules=args.submodules),
+        lambda: otel_vision.uninstrument_module(model),
+        args.rounds,
+    )
     otel_vision.shutdown()
-    p, t = statistics.median(plain), statistics.median(traced)
-    paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
-    q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
     spans = 1 + len(args.submodules or [])
-    print(
+    title = (
         f"ResNet-18 {args.device} batch={args.batch} {args.size}x{args.size}, {spans} span(s) per forward; "
         f"Python {platform.python_version()}, torch {torch.__version__}; {args.rounds} rounds x {args.calls} calls"
     )
-    print("| variant | ms per forward (median) |")
-    print("|---|---:|")
-    print(f"| not instrumented | {p * 1e3:.3f} |")
-    print(f"| instrumented | {t * 1e3:.3f} |")
-    print(f"| overhead (ratio of medians) | {(t / p - 1) * 100:+.2f} % |")
-    print(
-        f"| overhead (median of per-round pairs, IQR) | {statistics.median(paired) * 100:+.2f} % "
-        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] |"
-    )
+    report(title, "forward", plain, traced)
 
 
 if __name__ == "__main__":

@@ -15,22 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
-from collections.abc import Sequence
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from _ab import NullExporter, alternate, report
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import otel_vision
 from otel_vision.instrumentation.ultralytics import UltralyticsInstrumentor
-
-
-class NullExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
 
 
 def main() -> None:
@@ -63,38 +56,13 @@ def main() -> None:
             model.predict(source, **kwargs)
         return (time.perf_counter() - start) / args.calls
 
-    for _ in range(2):  # warm up both paths (predictor setup, warmup forward, lazy imports)
-        instrumentor.instrument()
-        timed()
-        instrumentor.uninstrument()
-        timed()
-    plain, traced = [], []
-    for r in range(args.rounds):
-        order = ("plain", "traced") if r % 2 == 0 else ("traced", "plain")
-        for variant in order:
-            if variant == "traced":
-                instrumentor.instrument()
-                traced.append(timed())
-                instrumentor.uninstrument()
-            else:
-                plain.append(timed())
+    plain, traced = alternate(timed, instrumentor.instrument, instrumentor.uninstrument, args.rounds)
     otel_vision.shutdown()
-    p, t = statistics.median(plain), statistics.median(traced)
-    paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
-    q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
-    print(
+    title = (
         f"YOLOv8n ({args.weights}) {args.device} imgsz={args.imgsz} batch={args.batch}; "
         f"Python {platform.python_version()}; {args.rounds} rounds x {args.calls} calls"
     )
-    print("| variant | ms per predict (median) |")
-    print("|---|---:|")
-    print(f"| not instrumented | {p * 1e3:.2f} |")
-    print(f"| instrumented | {t * 1e3:.2f} |")
-    print(f"| overhead (ratio of medians) | {(t / p - 1) * 100:+.2f} % |")
-    print(
-        f"| overhead (median of per-round pairs, IQR) | {statistics.median(paired) * 100:+.2f} % "
-        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] |"
-    )
+    report(title, "predict", plain, traced)
 
 
 if __name__ == "__main__":

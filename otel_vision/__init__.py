@@ -12,15 +12,11 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
-from otel_vision._instrument import (
-    instrument_diffusers,
-    instrument_module,
-    instrument_ultralytics,
-    uninstrument_module,
-)
+from otel_vision._instrument import instrument_diffusers, instrument_ultralytics
 from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import queue_wait, request, stage
 from otel_vision._version import __version__
+from otel_vision.instrumentation.torch import instrument_module, uninstrument_module
 
 __all__ = [
     "Handle",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 
@@ -73,33 +73,3 @@ def instrument_diffusers(
         instrumentor.add_pipeline(pipe)
     else:
         instrumentor.trace_all_pipelines()
-
-
-def instrument_module(
-    model: Any,
-    name: str | None = None,
-    *,
-    submodules: Sequence[str] | int | None = None,
-    stage_name: str = "inference",
-    nested: bool = False,
-) -> Any:
-    """Trace every forward call of a ``torch.nn.Module``; see `otel_vision.instrumentation.torch.instrument_module`.
-
-    ```python
-    otel_vision.instrument_module(model, name="resnet50", submodules=["layer4", "fc"])
-    ```
-    """
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ImportError("pip install 'otel-vision[torch]': instrument_module() needs torch") from None
-    from otel_vision.instrumentation.torch import instrument_module as _instrument_module
-
-    return _instrument_module(model, name, submodules=submodules, stage_name=stage_name, nested=nested)
-
-
-def uninstrument_module(model: Any) -> None:
-    """Remove every hook `instrument_module` put on ``model``."""
-    from otel_vision.instrumentation.torch import uninstrument_module as _uninstrument_module
-
-    _uninstrument_module(model)

@@ -169,8 +169,10 @@ def instrument_module(
     Returns:
         The same module, for chaining.
     """
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("pip install 'otel-vision[torch]': instrument_module() needs torch") from None
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"instrument_module() takes a torch.nn.Module, got {type(model).__name__}")
     targets = _targets(model, submodules)

@@ -141,38 +141,27 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             self._touched.add(model)
 
     def _wrap_predict(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        operation = "track" if kwargs.get("mode") == "track" else "predict"
+        return self._traced_call(operation, wrapped, instance, args, kwargs)
+
+    def _wrap_val(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        return self._traced_call("val", wrapped, instance, args, kwargs)
+
+    def _traced_call(self, operation: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        """One root span per call; the call's state travels in the context to the callbacks."""
         if not self._enabled(instance) or _predict.current_call() is not None:
             # Not ours, or a subclass's predict calling super().predict(): one root span per call.
             return wrapped(*args, **kwargs)
         try:
             self._ensure_callbacks(instance)
             name = _predict.model_name(instance)
-            call = _predict.Call("track" if kwargs.get("mode") == "track" else "predict", name)
-            call.source_kind = _predict.source_kind(args[0] if args else kwargs.get("source"))
-            root = _predict.PredictRequest(
-                call, {a.VISION_MODEL_NAME: name, a.VISION_TASK: getattr(instance, "task", None) or "unknown"}
-            )
+            call = _predict.Call(operation, name)
+            if operation != "val":
+                call.source_kind = _predict.source_kind(args[0] if args else kwargs.get("source"))
+            task = getattr(instance, "task", None) or "unknown"
+            root = _predict.PredictRequest(call, {a.VISION_MODEL_NAME: name, a.VISION_TASK: task})
         except Exception:
-            report_internal_error("ultralytics predict wrapper")
-            return wrapped(*args, **kwargs)
-        token = context.attach(context.set_value(_predict.CALL_KEY, call))
-        try:
-            return root.call(wrapped, *args, **kwargs)
-        finally:
-            context.detach(token)
-
-    def _wrap_val(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not self._enabled(instance) or _predict.current_call() is not None:
-            return wrapped(*args, **kwargs)
-        try:
-            self._ensure_callbacks(instance)
-            name = _predict.model_name(instance)
-            call = _predict.Call("val", name)
-            root = _predict.PredictRequest(
-                call, {a.VISION_MODEL_NAME: name, a.VISION_TASK: getattr(instance, "task", None) or "unknown"}
-            )
-        except Exception:
-            report_internal_error("ultralytics val wrapper")
+            report_internal_error(f"ultralytics {operation} wrapper")
             return wrapped(*args, **kwargs)
         token = context.attach(context.set_value(_predict.CALL_KEY, call))
         try:
