@@ -179,3 +179,19 @@ def test_demo_exports_when_an_endpoint_is_set(rotel: Rotel, tmp_path: Path) -> N
     assert "exported over OTLP" in result.stdout
     text = rotel.wait_for("Name           : classify", "Name           : inference", "vision.stage.duration")
     assert "service.name: Str(otel-vision-demo)" in text and "vision.request.duration" in text
+
+
+def test_flushed_at_exit_without_shutdown(rotel: Rotel, run_python: Any) -> None:
+    """A program that never calls shutdown() still delivers its last spans and logs: the pipeline flushes at exit."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rotel.grpc_port}", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    result = run_python(
+        """
+        import logging, otel_vision
+        otel_vision.configure(service_name="exit-test", gpu=False)
+        with otel_vision.stage("last-words"):
+            logging.getLogger("app").warning("goodbye")
+        """,
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    rotel.wait_for("Name           : last-words", "Body: Str(goodbye)")
