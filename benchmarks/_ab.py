@@ -1,9 +1,17 @@
-"""Shared by the overhead benchmarks: a span exporter that drops everything, alternating A/B rounds, the report."""
+"""Shared by the overhead benchmarks: a span exporter that drops everything, alternating A/B samples, the report.
+
+The A/B order alternates on every sample (not every block of samples), so slow drifts of a shared VM (other
+tenants, frequency changes) hit both variants alike. Each sample records wall time and this process's CPU time
+(all threads, including the exporter's): CPU time does not count time the hypervisor gave to someone else, so it is
+the steadier measure of the work we add.
+"""
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -16,40 +24,60 @@ class NullExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+@dataclass
+class Samples:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
 def alternate(
-    timed: Callable[[], float], instrument: Callable[[], None], uninstrument: Callable[[], None], rounds: int
-) -> tuple[list[float], list[float]]:
-    """Time ``timed`` without and with instrumentation in every round, the order alternating; warm both first."""
+    run: Callable[[], None], instrument: Callable[[], None], uninstrument: Callable[[], None], samples: int
+) -> tuple[Samples, Samples]:
+    """Time ``run`` without and with instrumentation, alternating the order on every sample; warm both first."""
+    plain, traced = Samples(), Samples()
+
+    def once(into: Samples | None) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        if into is not None:
+            into.wall.append(time.perf_counter() - wall)
+            into.cpu.append(time.process_time() - cpu)
+
     for _ in range(2):
         instrument()
-        timed()
+        once(None)
         uninstrument()
-        timed()
-    plain: list[float] = []
-    traced: list[float] = []
-    for r in range(rounds):
-        for variant in ("plain", "traced") if r % 2 == 0 else ("traced", "plain"):
+        once(None)
+    for i in range(samples):
+        for variant in ("plain", "traced") if i % 2 == 0 else ("traced", "plain"):
             if variant == "traced":
                 instrument()
-                traced.append(timed())
+                once(traced)
                 uninstrument()
             else:
-                plain.append(timed())
+                once(plain)
     return plain, traced
 
 
-def report(title: str, unit: str, plain: list[float], traced: list[float]) -> None:
-    """Print the medians and the overhead as a Markdown table (seconds in, milliseconds out)."""
+def _overhead(plain: list[float], traced: list[float]) -> str:
     p, t = statistics.median(plain), statistics.median(traced)
     paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
     q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
-    print(title)
-    print(f"| variant | ms per {unit} (median) |")
-    print("|---|---:|")
-    print(f"| not instrumented | {p * 1e3:.3f} |")
-    print(f"| instrumented | {t * 1e3:.3f} |")
-    print(f"| overhead (ratio of medians) | {(t / p - 1) * 100:+.2f} % |")
-    print(
-        f"| overhead (median of per-round pairs, IQR) | {statistics.median(paired) * 100:+.2f} % "
-        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] |"
+    return (
+        f"{p * 1e3:.3f} | {t * 1e3:.3f} | {(t / p - 1) * 100:+.2f} % | {statistics.median(paired) * 100:+.2f} % "
+        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}]"
     )
+
+
+def report(title: str, unit: str, plain: Samples, traced: Samples, calls: int = 1) -> None:
+    """Print medians and overheads as a Markdown table (seconds per sample of ``calls`` calls in, ms per call out)."""
+    plain = Samples([w / calls for w in plain.wall], [c / calls for c in plain.cpu])
+    traced = Samples([w / calls for w in traced.wall], [c / calls for c in traced.cpu])
+    print(title)
+    print(
+        f"| clock | not instrumented, ms per {unit} | instrumented, ms per {unit} | overhead (ratio of medians) "
+        "| overhead (median of adjacent pairs, IQR) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    print(f"| wall | {_overhead(plain.wall, traced.wall)} |")
+    print(f"| process CPU | {_overhead(plain.cpu, traced.cpu)} |")

@@ -1,7 +1,7 @@
 """Overhead of the diffusers instrumentation, and (on CUDA) per-step ``gpu.time`` against torch.profiler.
 
-Overhead: each round times ``--calls`` pipeline calls without instrumentation and ``--calls`` with it, in alternating
-order (``uninstrument()`` removes every hook and wrapper); the figure is the median over rounds.
+Overhead: samples of ``--calls`` pipeline calls without instrumentation and with it alternate one by one
+(``uninstrument()`` removes every hook and wrapper); the figures are medians, wall and process CPU time.
 
     python benchmarks/bench_diffusers.py                                   # tiny InstructPix2Pix on CPU, 20 steps
     python benchmarks/bench_diffusers.py --pipeline sd15 --device cuda --dtype float16 --size 512 --steps 20
@@ -17,7 +17,6 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,25 +53,21 @@ def overhead(args: argparse.Namespace) -> None:
     image = Image.new("RGB", (args.size, args.size), (90, 120, 200))
     instrumentor = DiffusersInstrumentor()
 
-    def timed() -> float:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    def run() -> None:
         for _ in range(args.calls):
             pipe("make it snowy", image=image, num_inference_steps=args.steps, output_type="np")
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
-        return (time.perf_counter() - start) / args.calls
 
     plain, traced = alternate(
-        timed, lambda: instrumentor.instrument(pipelines=[pipe]), instrumentor.uninstrument, args.rounds
+        run, lambda: instrumentor.instrument(pipelines=[pipe]), instrumentor.uninstrument, args.samples
     )
     otel_vision.shutdown()
     title = (
         f"{args.pipeline} InstructPix2Pix {args.device} {args.dtype} {args.size}x{args.size} {args.steps} steps; "
-        f"Python {platform.python_version()}; {args.rounds} rounds x {args.calls} calls"
+        f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
     )
-    report(title, "call", plain, traced)
+    report(title, "call", plain, traced, args.calls)
 
 
 def compare_profiler(args: argparse.Namespace) -> None:
@@ -118,8 +113,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--compare-profiler", action="store_true")
     args = parser.parse_args()
     compare_profiler(args) if args.compare_profiler else overhead(args)

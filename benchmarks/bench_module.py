@@ -1,9 +1,9 @@
 """Overhead of `instrument_module`: ResNet-18 forward on CPU, instrumented versus not, in one process.
 
-Each round times ``--calls`` forwards without hooks and ``--calls`` with them (``uninstrument_module`` removes every
-hook, so "not instrumented" is torch's hook-free fast path), alternating the order; the figure is the median.
+Samples of ``--calls`` forwards without hooks and with them alternate one by one (``uninstrument_module`` removes every
+hook, so "not instrumented" is torch's hook-free fast path); the figures are medians, wall and process CPU time.
 
-    python benchmarks/bench_module.py --rounds 30
+    python benchmarks/bench_module.py --samples 100
     python benchmarks/bench_module.py --submodules layer1 layer2 layer3 layer4 fc
     python benchmarks/bench_module.py --device cuda --batch 8 --size 224
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 import torchvision
@@ -24,8 +23,8 @@ import otel_vision
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cpu")
@@ -40,30 +39,27 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
     cuda = args.device.startswith("cuda")
 
-    def timed() -> float:
+    def run() -> None:
         with torch.inference_mode():
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
             for _ in range(args.calls):
                 model(x)
             if cuda:
                 torch.cuda.synchronize()
-        return (time.perf_counter() - start) / args.calls
 
     plain, traced = alternate(
-        timed,
+        run,
         lambda: otel_vision.instrument_module(model, name="resnet18", submodules=args.submodules),
         lambda: otel_vision.uninstrument_module(model),
-        args.rounds,
+        args.samples,
     )
     otel_vision.shutdown()
     spans = 1 + len(args.submodules or [])
     title = (
         f"ResNet-18 {args.device} batch={args.batch} {args.size}x{args.size}, {spans} span(s) per forward; "
-        f"Python {platform.python_version()}, torch {torch.__version__}; {args.rounds} rounds x {args.calls} calls"
+        f"Python {platform.python_version()}, torch {torch.__version__}; "
+        f"{args.samples} alternating samples of {args.calls} call(s)"
     )
-    report(title, "forward", plain, traced)
+    report(title, "forward", plain, traced, args.calls)
 
 
 if __name__ == "__main__":

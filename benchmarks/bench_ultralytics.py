@@ -1,13 +1,13 @@
 """Overhead of the ultralytics instrumentation: YOLOv8n predict, instrumented versus not, in one process.
 
-Each round times ``--calls`` predicts without instrumentation and ``--calls`` with it, in alternating order
-(``uninstrument()`` removes every wrapper and callback, so "not instrumented" is ultralytics' own code path); the
-figure is the median over rounds. Spans go through a BatchSpanProcessor to an exporter that drops them, metrics to
+Samples of ``--calls`` predicts without instrumentation and with it alternate one by one (``uninstrument()`` removes
+every wrapper and callback, so "not instrumented" is ultralytics' own code path); the figures are medians, wall and
+process CPU time. Spans go through a BatchSpanProcessor to an exporter that drops them, metrics to
 an in-memory reader.
 
-    python benchmarks/bench_ultralytics.py --batch 1 --rounds 30
-    python benchmarks/bench_ultralytics.py --batch 8 --rounds 15
-    python benchmarks/bench_ultralytics.py --device cuda --imgsz 640 --batch 1 --rounds 50
+    python benchmarks/bench_ultralytics.py --batch 1 --samples 60
+    python benchmarks/bench_ultralytics.py --batch 8 --samples 24
+    python benchmarks/bench_ultralytics.py --device cuda --imgsz 640 --batch 1 --samples 200
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -29,8 +28,8 @@ from otel_vision.instrumentation.ultralytics import UltralyticsInstrumentor
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default="yolov8n.yaml")
@@ -50,19 +49,17 @@ def main() -> None:
     kwargs = {"imgsz": args.imgsz, "device": args.device, "verbose": False}
     instrumentor = UltralyticsInstrumentor()
 
-    def timed() -> float:
-        start = time.perf_counter()
+    def run() -> None:
         for _ in range(args.calls):
-            model.predict(source, **kwargs)
-        return (time.perf_counter() - start) / args.calls
+            model.predict(source, **kwargs)  # ultralytics synchronizes CUDA at each stage boundary itself
 
-    plain, traced = alternate(timed, instrumentor.instrument, instrumentor.uninstrument, args.rounds)
+    plain, traced = alternate(run, instrumentor.instrument, instrumentor.uninstrument, args.samples)
     otel_vision.shutdown()
     title = (
         f"YOLOv8n ({args.weights}) {args.device} imgsz={args.imgsz} batch={args.batch}; "
-        f"Python {platform.python_version()}; {args.rounds} rounds x {args.calls} calls"
+        f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
     )
-    report(title, "predict", plain, traced)
+    report(title, "predict", plain, traced, args.calls)
 
 
 if __name__ == "__main__":
