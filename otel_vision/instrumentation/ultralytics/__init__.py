@@ -37,7 +37,6 @@ from opentelemetry.instrumentation.utils import unwrap
 
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
-from otel_vision._stage import stage
 from otel_vision.instrumentation.ultralytics import _predict, _val
 from otel_vision.instrumentation.ultralytics.package import _instruments
 
@@ -45,8 +44,6 @@ __all__ = ["UltralyticsInstrumentor"]
 
 logger = logging.getLogger("otel_vision.ultralytics")
 
-_LOAD = stage("load")
-_WARMUP = stage("warmup")
 _EVENTS_FIRST = ("on_predict_start", "on_predict_batch_start", "on_predict_postprocess_end@first")
 _EVENTS_LAST = ("on_predict_postprocess_end@last", "on_predict_batch_end")
 
@@ -94,8 +91,8 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
 
         wrapt.wrap_function_wrapper("ultralytics.engine.model", "Model.predict", self._wrap_predict)
         wrapt.wrap_function_wrapper("ultralytics.engine.model", "Model.val", self._wrap_val)
-        wrapt.wrap_function_wrapper("ultralytics.engine.predictor", "BasePredictor.setup_model", _traced(_LOAD))
-        wrapt.wrap_function_wrapper("ultralytics.nn.autobackend", "AutoBackend.warmup", _traced(_WARMUP))
+        wrapt.wrap_function_wrapper("ultralytics.engine.predictor", "BasePredictor.setup_model", _traced("load"))
+        wrapt.wrap_function_wrapper("ultralytics.nn.autobackend", "AutoBackend.warmup", _traced("warmup"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from ultralytics.engine.model import Model
@@ -170,13 +167,13 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             context.detach(token)
 
 
-def _traced(owner: stage) -> Callable[..., Any]:
-    """A wrapt wrapper that runs the wrapped method as ``owner`` inside an instrumented call only."""
+def _traced(stage_name: str) -> Callable[..., Any]:
+    """A wrapt wrapper that runs the wrapped method as the call's ``stage_name`` stage, inside an instrumented call."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         call = _predict.current_call()
         if call is None:
             return wrapped(*args, **kwargs)
-        return owner.run(call.parent(), wrapped, *args, **kwargs)
+        return call.stages[stage_name].run(call.parent(), wrapped, *args, **kwargs)
 
     return wrapper

@@ -54,7 +54,7 @@ class Call:
         self.track: _Active | None = None
         self.batch_stage = stage("batch", {a.VISION_MODEL_NAME: name})
         self.track_stage = stage("track", {a.VISION_MODEL_NAME: name})
-        self.stages = {m: stage(m, {a.VISION_MODEL_NAME: name}) for m in PREDICTOR_METHODS}
+        self.stages = {m: stage(m, {a.VISION_MODEL_NAME: name}) for m in (*PREDICTOR_METHODS, "load", "warmup")}
         self.images = 0
         self.batches = 0
         self.stage_window: dict[str, tuple[int, int]] = {}

@@ -123,7 +123,7 @@ def make_callbacks(wrapped: weakref.WeakSet[Any]) -> dict[str, Callable[[Any], N
             if isinstance(value, int | float) and key.startswith("metrics/"):
                 # metrics/mAP50-95(B) -> vision.val.map50-95_b
                 name = key.removeprefix("metrics/").replace("(", "_").replace(")", "").lower()
-                call.root.set_attribute(f"vision.val.{name}", float(value))
+                call.root.set_attribute(a.VISION_VAL_PREFIX + name, float(value))
 
     return {
         "on_val_start": on_val_start,

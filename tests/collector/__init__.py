@@ -1,0 +1,1 @@
+"""Tests of collector/: configurations, manifests, dashboards and alert rules, validated with real tools."""
