@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,32 +47,46 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-class Rotel:
-    """A rotel collector on loopback that logs every span, metric and log record it receives."""
+LOOPBACK_ENV = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+"""Added to every child process's environment: loopback traffic never goes through a proxy."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-    def __init__(self, workdir: Path) -> None:
-        rotel = pytest.importorskip("rotel")
+
+class Rotel:
+    """A rotel collector on free loopback ports that logs, in detail, every span, metric and log record it receives.
+
+    By default it drops what it receives (``--exporter blackhole``); ``extra`` replaces that, e.g. to forward OTLP.
+    """
+
+    def __init__(self, workdir: Path, name: str = "rotel", extra: Sequence[str] = ("--exporter", "blackhole")) -> None:
+        rotel = pytest.importorskip("rotel", reason="rotel is not installed (a dev dependency)")
         binary = Path(rotel.__file__).parent / "rotel-agent"
         self.grpc_port, self.http_port = _free_port(), _free_port()
-        self.output = workdir / "rotel.out"
+        self.output = workdir / f"{name}.out"
         self._file = self.output.open("w")
         self.process = subprocess.Popen(
             [
-                str(binary), "start", "--exporter", "blackhole",
+                str(binary), "start",
                 "--debug-log", "traces", "--debug-log", "metrics", "--debug-log", "logs",
                 "--debug-log-verbosity", "detailed",
                 "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
                 "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
-                "--pid-file", str(workdir / "rotel.pid"), "--log-file", str(workdir / "rotel.log"),
+                "--pid-file", str(workdir / f"{name}.pid"), "--log-file", str(workdir / f"{name}.log"),
+                *extra,
             ],
             stdout=self._file,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **LOOPBACK_ENV},
         )  # fmt: skip
-        _wait_port(self.grpc_port)
-        _wait_port(self.http_port)
+        try:
+            _wait_port(self.grpc_port)
+            _wait_port(self.http_port)
+        except BaseException:
+            self.stop()
+            raise
 
     def text(self) -> str:
-        return self.output.read_text()
+        return _ANSI.sub("", self.output.read_text(errors="replace"))
 
     def wait_for(self, *needles: str, timeout: float = 20.0) -> str:
         deadline = time.monotonic() + timeout
@@ -88,6 +103,7 @@ class Rotel:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait(timeout=5)
         self._file.close()
 
 

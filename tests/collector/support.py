@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,9 +32,22 @@ wait_port = test_wire._wait_port
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR = ROOT / "collector"
 SCHEMAS = ROOT.parent / "shared" / "schemas"
-LOOPBACK_ENV = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+LOOPBACK_ENV = test_wire.LOOPBACK_ENV
 """Added to every child process's environment: loopback traffic never goes through a proxy."""
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def collector_tool(name: str) -> ModuleType:
+    """Import one of the scripts in collector/tools/ (they are scripts, not a package)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(name, COLLECTOR / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def http_get(url: str, timeout: float = 20) -> bytes:

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.collector.support import COLLECTOR, load_yaml, load_yaml_documents
+from tests.collector.support import COLLECTOR, collector_tool, load_yaml, load_yaml_documents
 
 SIDECAR = COLLECTOR / "sidecar" / "otelcol.yaml"
 REMOTE_WRITE = COLLECTOR / "sidecar" / "prometheus-remote-write.yaml"
 GATEWAY = COLLECTOR / "gateway" / "otelcol.yaml"
 
 
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, COLLECTOR / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-checker = _tool("check_collector_config")
+checker = collector_tool("check_collector_config")
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.collector.support import COLLECTOR, SCHEMAS, load_yaml, load_yaml_documents, require_tool
+from tests.collector.support import COLLECTOR, SCHEMAS, collector_tool, load_yaml, load_yaml_documents, require_tool
 
 K8S = COLLECTOR / "k8s"
 MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name != "opentelemetrycollector.yaml")
@@ -122,22 +122,12 @@ def test_crd_validation_rejects_a_broken_resource(path: tuple[str, ...], value: 
 
 
 # --- the gateway's Helm values against the chart's values.schema.json -------------------------------------------------
-def _merge(base: Any, override: Any) -> Any:
-    """Helm's values merge: maps deep-merged, everything else replaced."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            merged[key] = _merge(base[key], value) if key in base else value
-        return merged
-    return override
-
-
 def _helm_errors(values: dict[str, Any]) -> list[str]:
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((SCHEMAS / "opentelemetry-collector-chart.values.schema.json").read_text())
     defaults = load_yaml(SCHEMAS / "opentelemetry-collector-chart.values.yaml")
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    merged = _merge(defaults, values)
+    merged = collector_tool("check_collector_config").merge(defaults, values)  # Helm's deep merge of values
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator_class(schema).iter_errors(merged)]
 
 

@@ -16,12 +16,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.collector.support import LOOPBACK_ENV, ROOT, free_port, wait_port
+from tests import test_wire
+from tests.collector.support import LOOPBACK_ENV, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -35,51 +35,11 @@ run_pix2pix(images=1, steps=2, size=32)
 """
 
 
-class RotelProcess:
-    """A rotel collector on free loopback ports that logs, in detail, everything it receives."""
-
-    def __init__(self, workdir: Path, name: str, extra: list[str]) -> None:
-        rotel = pytest.importorskip("rotel", reason="rotel is not installed (a dev dependency)")
-        binary = Path(rotel.__file__).parent / "rotel-agent"
-        self.grpc_port, self.http_port = free_port(), free_port()
-        self.output = workdir / f"{name}.out"
-        self._file = self.output.open("w")
-        self.process = subprocess.Popen(
-            [
-                str(binary), "start",
-                "--debug-log", "traces", "--debug-log", "metrics", "--debug-log", "logs",
-                "--debug-log-verbosity", "detailed",
-                "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
-                "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
-                "--pid-file", str(workdir / f"{name}.pid"), "--log-file", str(workdir / f"{name}.log"),
-                *extra,
-            ],
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **LOOPBACK_ENV},
-        )  # fmt: skip
-        try:
-            wait_port(self.grpc_port)
-            wait_port(self.http_port)
-        except BaseException:
-            self.stop()
-            raise
-
-    def text(self) -> str:
-        return _ANSI.sub("", self.output.read_text(errors="replace"))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self._file.close()
+RotelProcess = test_wire.Rotel
+"""The same loopback rotel launcher as the SDK's wire tests."""
 
 
 # --- parsing rotel's detailed debug output -------------------------------------------------------------------------
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TYPED = re.compile(r"^\s*-> (?P<key>[^:]+): (?P<type>\w+)\((?P<value>.*)\)$")
 _PLAIN = re.compile(r"^\s*-> (?P<key>[^:]+): (?P<value>.*)$")
 _FIELD = re.compile(r"^\s*(?P<key>[A-Za-z][A-Za-z ]*?)\s*: (?P<value>.*)$")
