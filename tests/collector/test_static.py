@@ -4,14 +4,12 @@ the metric names they use checked against what the SDK emits. Each validator is 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ import yaml
 from tests.collector.support import (
     COLLECTOR,
     ROOT,
+    collector_tool,
     dashboard_queries,
     load_yaml,
     metric_names,
@@ -39,15 +38,6 @@ PROVIDER = COLLECTOR / "grafana" / "provisioning" / "dashboards" / "otel-vision.
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=120, cwd=cwd)
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, COLLECTOR / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- yamllint ---------------------------------------------------------------------------------------------------------
@@ -213,7 +203,7 @@ def test_prometheus_configurations_pass_promtool(tmp_path: Path) -> None:
 
 
 # --- dashboards -------------------------------------------------------------------------------------------------------
-lint_dashboards = _tool("lint_dashboards")
+lint_dashboards = collector_tool("lint_dashboards")
 
 
 def test_dashboards_pass_the_lint() -> None:
