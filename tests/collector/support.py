@@ -31,7 +31,8 @@ wait_port = test_wire._wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR = ROOT / "collector"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+"""Upstream schemas and chart templates, vendored (see schemas/README.md)."""
 LOOPBACK_ENV = test_wire.LOOPBACK_ENV
 """Added to every child process's environment: loopback traffic never goes through a proxy."""
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
