@@ -85,18 +85,25 @@ CUDA_OOM: Final = "cuda_oom"
 """Value of ``error.type`` for CUDA out-of-memory errors."""
 
 # --- hardware semantic conventions (metrics attributes; ``hw.id`` also on stage spans) ------------------------
+# (semantic-conventions v1.44.0, model/hardware: ``hw.id`` required; the rest recommended where the metric lists it)
 HW_ID: Final = "hw.id"
+"""The GPU's UUID (``GPU-…``/``MIG-…``); a GPU's temperature sensor has its own id, ``<GPU uuid>/temperature``."""
 HW_NAME: Final = "hw.name"
+"""A short name: ``gpu0`` for the GPU with NVML index 0, ``gpu0 temperature`` for its sensor."""
+HW_MODEL: Final = "hw.model"
+"""The model string NVML reports, e.g. ``NVIDIA H100 80GB HBM3`` (``hw.gpu.*`` metrics)."""
 HW_VENDOR: Final = "hw.vendor"
+HW_DRIVER_VERSION: Final = "hw.driver_version"
+HW_PARENT: Final = "hw.parent"
+"""On a GPU's temperature sensor: the GPU's ``hw.id``."""
 HW_TYPE: Final = "hw.type"
+"""``gpu`` on ``hw.power``/``hw.energy`` (required there), ``temperature`` on ``hw.temperature``; never on hw.gpu.*."""
 HW_GPU_TASK: Final = "hw.gpu.task"
 HW_SENSOR_LOCATION: Final = "hw.sensor_location"
 
-# --- resource attributes ---------------------------------------------------------------------------------------
-GPU_MODEL: Final = "gpu.model"
-"""Resource: model name of the first GPU, when NVML sees one."""
-GPU_DRIVER_VERSION: Final = "gpu.driver_version"
-GPU_COUNT: Final = "gpu.count"
+HW_TYPE_GPU: Final = "gpu"
+HW_TYPE_TEMPERATURE: Final = "temperature"
+HW_VENDOR_NVIDIA: Final = "NVIDIA"
 
 # --- metrics ---------------------------------------------------------------------------------------------------
 METRIC_STAGE_DURATION: Final = "vision.stage.duration"
@@ -105,6 +112,16 @@ METRIC_REQUESTS: Final = "vision.requests"
 METRIC_QUEUE_DURATION: Final = "vision.queue.duration"
 METRIC_IMAGES: Final = "vision.images"
 METRIC_DETECTIONS: Final = "vision.detections"
+VISION_GPU_INCOMPLETE_SPANS: Final = "vision.gpu.incomplete_spans"
+"""Counter: GPU spans exported without ``gpu.time`` (``error.type`` = ``timeout``: events not complete within the
+GPU span processor's delay; ``waiting_full``: too many spans were waiting)."""
+
+# The export path's own counters (OpenTelemetry SDK self-observability names; ``error.type`` when lost).
+METRIC_SDK_SPANS_PROCESSED: Final = "otel.sdk.processor.span.processed"
+METRIC_SDK_LOGS_PROCESSED: Final = "otel.sdk.processor.log.processed"
+METRIC_SDK_SPANS_EXPORTED: Final = "otel.sdk.exporter.span.exported"
+METRIC_SDK_LOGS_EXPORTED: Final = "otel.sdk.exporter.log.exported"
+METRIC_SDK_POINTS_EXPORTED: Final = "otel.sdk.exporter.metric_data_point.exported"
 
 METRIC_HW_GPU_UTILIZATION: Final = "hw.gpu.utilization"
 METRIC_HW_GPU_MEMORY_USAGE: Final = "hw.gpu.memory.usage"

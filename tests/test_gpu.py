@@ -141,18 +141,131 @@ class TestSpanAttributes:
         assert fake_gpu.cuda.peak_resets == 0
 
 
+# Requirements of the hardware semantic conventions (open-telemetry/semantic-conventions v1.44.0, model/hardware:
+# gpu-metrics.yaml, common-metrics.yaml, temperature-metrics.yaml, common.yaml) for the metrics we export. "required"
+# maps an attribute to its value (None: any non-empty value); "allowed" lists every attribute the metric may carry.
+_COMMON = {"hw.id", "hw.name", "hw.parent"}
+_GPU = _COMMON | {"hw.driver_version", "hw.firmware_version", "hw.model", "hw.serial_number", "hw.vendor"}
+CONVENTION: dict[str, dict[str, object]] = {
+    "hw.gpu.utilization": {
+        "kind": "gauge",
+        "unit": "1",
+        "required": {"hw.id": None},
+        "allowed": _GPU | {"hw.gpu.task"},
+    },
+    "hw.gpu.memory.usage": {"kind": "updowncounter", "unit": "By", "required": {"hw.id": None}, "allowed": _GPU},
+    "hw.gpu.memory.limit": {"kind": "updowncounter", "unit": "By", "required": {"hw.id": None}, "allowed": _GPU},
+    "hw.gpu.memory.utilization": {"kind": "gauge", "unit": "1", "required": {"hw.id": None}, "allowed": _GPU},
+    "hw.power": {
+        "kind": "gauge",
+        "unit": "W",
+        "required": {"hw.id": None, "hw.type": "gpu"},
+        "allowed": _COMMON | {"hw.type"},
+    },
+    "hw.energy": {
+        "kind": "counter",
+        "unit": "J",
+        "required": {"hw.id": None, "hw.type": "gpu"},
+        "allowed": _COMMON | {"hw.type"},
+    },
+    # A GPU's sensor is its own component: hw.type=temperature (the registry's type, required by the temperature
+    # hw.status refinement), its own hw.id, and the GPU as hw.parent.
+    "hw.temperature": {
+        "kind": "gauge",
+        "unit": "Cel",
+        "required": {"hw.id": None, "hw.type": "temperature", "hw.parent": UUID},
+        "allowed": _COMMON | {"hw.sensor_location", "hw.type"},
+    },
+}
+# Recommended attributes whose values we know, so we must send them.
+KNOWN_RECOMMENDED = {
+    "hw.gpu.utilization": {"hw.name", "hw.model", "hw.vendor", "hw.driver_version", "hw.gpu.task"},
+    "hw.gpu.memory.usage": {"hw.name", "hw.model", "hw.vendor", "hw.driver_version"},
+    "hw.gpu.memory.limit": {"hw.name", "hw.model", "hw.vendor", "hw.driver_version"},
+    "hw.gpu.memory.utilization": {"hw.name", "hw.model", "hw.vendor", "hw.driver_version"},
+    "hw.power": {"hw.name"},
+    "hw.energy": {"hw.name"},
+    "hw.temperature": {"hw.name", "hw.sensor_location"},
+}
+
+
+def _kind(data: object) -> str:
+    name = type(data).__name__
+    if name == "Gauge":
+        return "gauge"
+    assert name == "Sum", name
+    return "counter" if data.is_monotonic else "updowncounter"  # type: ignore[attr-defined]
+
+
+def convention_violations(metrics: dict[str, tuple[str, str, list[dict[str, object]]]]) -> list[str]:
+    """Every way the exported ``hw.*`` metrics (name -> kind, unit, attribute sets) break the table above."""
+    problems = []
+    for name, spec in CONVENTION.items():
+        if name not in metrics:
+            problems.append(f"{name}: not exported")
+            continue
+        kind, unit, attribute_sets = metrics[name]
+        if (kind, unit) != (spec["kind"], spec["unit"]):
+            problems.append(f"{name}: {kind} in {unit!r}, the convention says {spec['kind']} in {spec['unit']!r}")
+        for attributes in attribute_sets:
+            for key, value in spec["required"].items():  # type: ignore[attr-defined]
+                if not attributes.get(key) or (value is not None and attributes[key] != value):
+                    problems.append(f"{name}: {key}={attributes.get(key)!r}, required {value or 'a value'}")
+            extra = set(attributes) - spec["allowed"]  # type: ignore[operator]
+            if extra:
+                problems.append(f"{name}: attributes the convention does not define: {sorted(extra)}")
+            missing = KNOWN_RECOMMENDED[name] - set(attributes)
+            if missing:
+                problems.append(f"{name}: recommended attributes we know but do not send: {sorted(missing)}")
+    return problems
+
+
+def exported_hw_metrics(captured: CapturedTelemetry) -> dict[str, tuple[str, str, list[dict[str, object]]]]:
+    data = captured.metric_reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, tuple[str, str, list[dict[str, object]]]] = {}
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name.startswith("hw."):
+                    points = [dict(point.attributes or {}) for point in metric.data.data_points]
+                    found[metric.name] = (_kind(metric.data), metric.unit or "", points)
+    return found
+
+
 class TestMetrics:
+    def test_hw_metrics_follow_the_hardware_conventions(
+        self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu
+    ) -> None:
+        """Every hw.* metric has the convention's instrument, unit and attributes, and nothing it does not define."""
+        fake_gpu.nvml.add_sample(0.75)
+        vision_telemetry.handle.gpu.sampler.poll()  # type: ignore[union-attr]  # GPU telemetry is on here
+        assert convention_violations(exported_hw_metrics(vision_telemetry)) == []
+
+    def test_convention_check_catches_the_old_names(self) -> None:
+        """The table rejects what we exported before: hw.type on hw.gpu.*, the model in hw.name, one temperature id."""
+        old = {"hw.id": UUID, "hw.name": "Fake H100", "hw.vendor": "nvidia", "hw.type": "gpu"}
+        metrics = {name: (str(spec["kind"]), str(spec["unit"]), [dict(old)]) for name, spec in CONVENTION.items()}
+        metrics["hw.temperature"][2][0]["hw.sensor_location"] = "gpu"
+        problems = convention_violations(metrics)
+        assert any("hw.gpu.utilization: attributes the convention does not define: ['hw.type']" in p for p in problems)
+        assert any("hw.gpu.memory.usage: recommended attributes we know but do not send" in p for p in problems)
+        assert any(p.startswith("hw.temperature: hw.type='gpu'") for p in problems)
+        assert any(p.startswith("hw.temperature: hw.parent=None") for p in problems)
+        assert any(p.startswith("hw.power: attributes the convention does not define: ['hw.vendor']") for p in problems)
+
     def test_hw_gpu_metrics_per_device(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
-        """The hw.* instruments report the sampler's latest reading with hw.id, hw.name and hw.vendor."""
+        """The hw.* instruments report the sampler's latest reading; model and driver go to hw.model/driver."""
         fake_gpu.nvml.add_sample(0.75)
         vision_telemetry.handle.gpu.sampler.poll()  # type: ignore[union-attr]  # GPU telemetry is on here
         (util,) = vision_telemetry.points("hw.gpu.utilization")
         assert util.value == 0.75
         assert util.attributes == {
             "hw.id": UUID,
-            "hw.name": "Fake H100",
-            "hw.vendor": "nvidia",
-            "hw.type": "gpu",
+            "hw.name": "gpu0",
+            "hw.model": "Fake H100",
+            "hw.vendor": "NVIDIA",
+            "hw.driver_version": "999.99",
             "hw.gpu.task": "general",
         }
         assert vision_telemetry.points("hw.gpu.memory.usage")[0].value == 2 * 2**30
@@ -160,7 +273,9 @@ class TestMetrics:
         assert vision_telemetry.points("hw.gpu.memory.utilization")[0].value == pytest.approx(2 / 80)
         assert vision_telemetry.points("hw.power")[0].value == 120.0
         assert vision_telemetry.points("hw.energy")[0].value == 5000.0
-        assert vision_telemetry.points("hw.temperature")[0].value == 45.0
+        (temperature,) = vision_telemetry.points("hw.temperature")
+        assert temperature.value == 45.0
+        assert temperature.attributes["hw.id"] == f"{UUID}/temperature"
 
     def test_allocator_metrics(self, vision_telemetry: CapturedTelemetry, fake_gpu: FakeGpu) -> None:
         """gpu.memory.allocated and gpu.memory.reserved come from the allocator, per device."""

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.trace import SpanProcessor
 
-from otel_vision import attributes as a
 from otel_vision.gpu._backends import (
     CudaBackend,
     DeviceInfo,
@@ -86,11 +85,9 @@ class GpuTelemetry:
         self._processor: GpuSpanProcessor | None = None
 
     def resource_attributes(self) -> dict[str, str | int]:
-        """``gpu.model``, ``gpu.driver_version`` and ``gpu.count`` when NVML sees a GPU."""
-        if not self.devices:
-            return {}
-        first = self.devices[0]
-        return {a.GPU_MODEL: first.name, a.GPU_DRIVER_VERSION: first.driver_version, a.GPU_COUNT: len(self.devices)}
+        """Nothing: the semantic conventions define no resource attributes for GPUs. The model and driver of each GPU
+        travel as ``hw.model`` and ``hw.driver_version`` on its ``hw.gpu.*`` metrics (docs/names.md)."""
+        return {}
 
     def start(self, meter: Meter) -> None:
         """Start the sampler thread and create the observable instruments."""

@@ -1,4 +1,8 @@
-"""Observable GPU instruments: ``hw.gpu.*`` per GPU from the sampler, ``gpu.memory.*`` per device from torch."""
+"""Observable GPU instruments: ``hw.*`` per GPU from the sampler, ``gpu.memory.*`` per device from torch.
+
+Names and attributes follow the hardware semantic conventions (v1.44.0, ``model/hardware``); docs/names.md has the
+table and maps each to DCGM and Triton.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,35 @@ from otel_vision.gpu._sampler import NvmlSampler
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
-def _hw_attributes(device: DeviceInfo) -> dict[str, str]:
-    return {a.HW_ID: device.uuid, a.HW_NAME: device.name, a.HW_VENDOR: "nvidia", a.HW_TYPE: "gpu"}
+def _short_name(device: DeviceInfo) -> str:
+    return f"gpu{device.index}"
+
+
+def _gpu_attributes(device: DeviceInfo) -> dict[str, str]:
+    """Attributes of the ``hw.gpu.*`` metrics: the GPU component (``hw.type`` is not one of them)."""
+    return {
+        a.HW_ID: device.uuid,
+        a.HW_NAME: _short_name(device),
+        a.HW_MODEL: device.name,
+        a.HW_VENDOR: a.HW_VENDOR_NVIDIA,
+        a.HW_DRIVER_VERSION: device.driver_version,
+    }
+
+
+def _common_attributes(device: DeviceInfo) -> dict[str, str]:
+    """Attributes of the common ``hw.power``/``hw.energy`` metrics for a GPU: ``hw.type`` is required there."""
+    return {a.HW_ID: device.uuid, a.HW_NAME: _short_name(device), a.HW_TYPE: a.HW_TYPE_GPU}
+
+
+def _temperature_attributes(device: DeviceInfo) -> dict[str, str]:
+    """The GPU's temperature sensor is a component of its own, whose parent is the GPU."""
+    return {
+        a.HW_ID: f"{device.uuid}/temperature",
+        a.HW_NAME: f"{_short_name(device)} temperature",
+        a.HW_TYPE: a.HW_TYPE_TEMPERATURE,
+        a.HW_PARENT: device.uuid,
+        a.HW_SENSOR_LOCATION: "gpu",
+    }
 
 
 def register_nvml_instruments(meter: Meter, sampler: NvmlSampler) -> None:
@@ -23,6 +54,7 @@ def register_nvml_instruments(meter: Meter, sampler: NvmlSampler) -> None:
 
     def per_device(
         read: Callable[[DeviceReading], float | int | None],
+        attributes: Callable[[DeviceInfo], dict[str, str]] = _gpu_attributes,
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             observations = []
@@ -30,7 +62,7 @@ def register_nvml_instruments(meter: Meter, sampler: NvmlSampler) -> None:
                 reading = sampler.latest(device.uuid)
                 value = read(reading) if reading is not None else None
                 if value is not None:
-                    observations.append(Observation(value, _hw_attributes(device)))
+                    observations.append(Observation(value, attributes(device)))
             return observations
 
         return callback
@@ -40,22 +72,13 @@ def register_nvml_instruments(meter: Meter, sampler: NvmlSampler) -> None:
         for device in sampler.devices:
             value = sampler.latest_utilization(device.uuid)
             if value is not None:
-                observations.append(Observation(value, {**_hw_attributes(device), a.HW_GPU_TASK: "general"}))
+                observations.append(Observation(value, {**_gpu_attributes(device), a.HW_GPU_TASK: "general"}))
         return observations
 
     def memory_utilization(reading: DeviceReading) -> float | None:
         if reading.memory_used is None or not reading.memory_total:
             return None
         return reading.memory_used / reading.memory_total
-
-    def temperature(options: CallbackOptions) -> Iterable[Observation]:
-        observations = []
-        for device in sampler.devices:
-            reading = sampler.latest(device.uuid)
-            if reading is not None and reading.temperature_celsius is not None:
-                attrs = {**_hw_attributes(device), a.HW_SENSOR_LOCATION: "gpu"}
-                observations.append(Observation(reading.temperature_celsius, attrs))
-        return observations
 
     meter.create_observable_gauge(
         a.METRIC_HW_GPU_UTILIZATION, [utilization], unit="1", description="Fraction of time the GPU was busy."
@@ -73,15 +96,23 @@ def register_nvml_instruments(meter: Meter, sampler: NvmlSampler) -> None:
         description="Fraction of GPU memory used.",
     )
     meter.create_observable_gauge(
-        a.METRIC_HW_POWER, [per_device(lambda r: r.power_watts)], unit="W", description="GPU power draw."
+        a.METRIC_HW_POWER,
+        [per_device(lambda r: r.power_watts, _common_attributes)],
+        unit="W",
+        description="GPU power draw.",
     )
     meter.create_observable_counter(
         a.METRIC_HW_ENERGY,
-        [per_device(lambda r: r.energy_joules)],
+        [per_device(lambda r: r.energy_joules, _common_attributes)],
         unit="J",
         description="GPU energy consumed since the driver was loaded.",
     )
-    meter.create_observable_gauge(a.METRIC_HW_TEMPERATURE, [temperature], unit="Cel", description="GPU temperature.")
+    meter.create_observable_gauge(
+        a.METRIC_HW_TEMPERATURE,
+        [per_device(lambda r: r.temperature_celsius, _temperature_attributes)],
+        unit="Cel",
+        description="Temperature of the GPU's sensor.",
+    )
 
 
 def register_allocator_instruments(meter: Meter, cuda: CudaBackend) -> None:
