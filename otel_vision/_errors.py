@@ -24,9 +24,31 @@ def error_type(exc: BaseException) -> str:
     if cls.__name__ == "OutOfMemoryError" and module.startswith("torch"):
         return CUDA_OOM
     # torch raises a plain RuntimeError for OOM in some code paths (older versions, custom allocators).
-    if cls is RuntimeError and "CUDA out of memory" in str(exc):
+    if cls is RuntimeError and "CUDA out of memory" in _message(exc):
         return CUDA_OOM
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+DESCRIPTION_LIMIT = 8192
+"""Characters kept of an exception's message in a span status; `configure()` sets it to the span attribute length
+limit in force."""
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception cannot print itself."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} object: str() failed>"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` for a span status, capped at `DESCRIPTION_LIMIT` characters, for any exception object."""
+    text = f"{type(exc).__name__}: {_message(exc)}"
+    limit = DESCRIPTION_LIMIT
+    if len(text) > limit:
+        return f"{text[:limit]}… [{len(text) - limit} more characters]"
+    return text
 
 
 def report_internal_error(what: str) -> None:

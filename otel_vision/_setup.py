@@ -9,21 +9,24 @@ stack.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import platform
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter, LogRecordExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -33,25 +36,17 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
-from otel_vision import _config, _runtime
+from otel_vision import _config, _errors, _export, _logging, _runtime
+from otel_vision._errors import report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
 from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
 from otel_vision.gpu._nvtx import NvtxRanges
 
 logger = logging.getLogger("otel_vision")
-
-_SIGNAL_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs"}
-
-
-class _NotOurLogs(logging.Filter):
-    """Keep the SDK's own records (export failures, …) out of the log pipeline, which could otherwise feed itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("opentelemetry")
 
 
 @dataclass
@@ -74,6 +69,8 @@ class Handle:
     _log_handlers: list[logging.Handler] = field(default_factory=list)
     _servers: list[Any] = field(default_factory=list)
     _closed: bool = False
+    _exports: _export.ExportPipeline = field(default_factory=lambda: _export.ExportPipeline(_export.Accounting({})))
+    _rebuild: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -81,19 +78,33 @@ class Handle:
         return self.tracer_provider is not None
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Export everything recorded so far; ``True`` when every provider finished in time."""
-        results = [p.force_flush(timeout_millis) for p in self._providers()]
-        return all(r is not False for r in results)
+        """Export everything recorded so far, waiting at most ``timeout_millis``.
+
+        Returns ``True`` only when every span, metric point and log record recorded since the last completed flush
+        was delivered; ``False`` when the time ran out or anything was dropped or rejected. Never waits longer than
+        asked, whatever state the collector is in.
+        """
+        deadline = time.monotonic() + max(0, timeout_millis) / 1000.0
+        metric_exports = [(e, e.exports_ok, e.exports_failed) for e in self._exports.metric_exporters]
+        calls: list[tuple[Any, tuple[Any, ...]]] = [(p.force_flush, (timeout_millis,)) for p in self._providers()]
+        # Each provider honours the timeout itself; the grace covers their last hand-off, not the network.
+        results = _run_bounded(calls, deadline + _GRACE_S)
+        ok = all(r is not False for r in results) and len(results) == len(self._providers())
+        for exporter, ok_before, failed_before in metric_exports:
+            if exporter.exports_failed != failed_before or exporter.exports_ok == ok_before:
+                ok = False
+        return ok
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Flush and stop the pipeline; returns within about ``timeout`` seconds even when the collector is down.
+        """Flush and stop the pipeline; returns within ``timeout`` seconds (plus a few milliseconds) even when the
+        collector is down or never answers.
 
-        Providers shut down in parallel, each bounded by its exporter's own timeout (``OTEL_EXPORTER_OTLP_TIMEOUT``,
-        10 s by default); whatever has not left by ``timeout`` is dropped rather than blocking the program's exit.
+        What has not been delivered by then is dropped, counted, and named in one warning line.
         """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + max(0.0, timeout)
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
@@ -102,29 +113,63 @@ class Handle:
         for server in self._servers:
             server.shutdown()
             server.server_close()
-        threads = [
-            threading.Thread(target=_quietly, args=(p.shutdown,), name="otel-vision-shutdown", daemon=True)
-            for p in self._providers()
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout)
+        self._exports.set_deadline(deadline)
+        calls: list[tuple[Any, tuple[Any, ...]]] = [(p.shutdown, ()) for p in self._providers()]
+        if self.meter_provider is not None:
+            calls[self._providers().index(self.meter_provider)] = (
+                self.meter_provider.shutdown,
+                (max(0.0, timeout) * 1000,),
+            )
+        _run_bounded(calls, deadline + _GRACE_S)
+        self._exports.stop_now()
+        lost = self._exports.accounting.summary()
+        if lost:
+            logger.warning("otel_vision: shut down; not delivered: %s", lost)
         global _active
         with _lock:
             if _active is self and not self.standalone:
                 _active = None
                 _runtime.install(_runtime.disabled())
 
+    def delivery(self) -> dict[str, _export.SignalStats]:
+        """What this pipeline delivered and lost so far, per signal (``traces``, ``metrics``, ``logs``)."""
+        return self._exports.accounting.snapshot()
+
+    def _abandon(self) -> None:
+        """In a forked child: let go of the parent's pipeline without exporting anything of the parent's."""
+        self._closed = True
+        root = logging.getLogger()
+        for handler in self._log_handlers:
+            root.removeHandler(handler)
+
     def _providers(self) -> list[Any]:
         return [p for p in (self.tracer_provider, self.meter_provider, self.logger_provider) if p is not None]
 
 
-def _quietly(fn: Any) -> None:
-    try:
-        fn()
-    except Exception:  # shutting down must never raise at exit
-        logger.debug("otel_vision: provider shutdown failed", exc_info=True)
+def _run_bounded(calls: list[tuple[Any, tuple[Any, ...]]], deadline: float) -> list[Any]:
+    """Run ``calls`` in parallel daemon threads; return the results of those that finished by ``deadline``."""
+    results: list[Any] = [_UNFINISHED] * len(calls)
+
+    def run(index: int, fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            results[index] = fn(*args)
+        except Exception:  # flushing and shutting down never raise into the application
+            results[index] = False
+            logger.debug("otel_vision: provider flush or shutdown failed", exc_info=True)
+
+    threads = [
+        threading.Thread(target=run, args=(i, fn, args), name="otel-vision-flush", daemon=True)
+        for i, (fn, args) in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [r for r in results if r is not _UNFINISHED]
+
+
+_UNFINISHED: Any = object()
+_GRACE_S = 0.2
 
 
 class _GlobalTracerProvider(trace.TracerProvider):
@@ -207,15 +252,15 @@ def _instance_id() -> str:
     return _instance[1]
 
 
-def _otlp_kwargs(settings: _config.Settings, signal: str) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
+def _otlp_kwargs(settings: _config.Settings, signal: _config.Signal) -> dict[str, Any]:
+    # Endpoint and timeout are validated by _config (an invalid variable falls back to its default) and passed
+    # explicitly, so the exporter never parses the raw variables itself.
+    endpoint = settings.endpoint_for(signal)
+    kwargs: dict[str, Any] = {"endpoint": endpoint, "timeout": settings.timeout_for(signal)}
     if settings.headers is not None:
         kwargs["headers"] = dict(settings.headers)
-    if settings.endpoint is not None:
-        base = settings.endpoint.rstrip("/")
-        kwargs["endpoint"] = base + _SIGNAL_PATHS[signal] if settings.protocol == "http/protobuf" else base
-        if settings.protocol == "grpc" and base.startswith("http://"):
-            kwargs["insecure"] = True
+    if settings.protocol == "grpc" and endpoint.startswith("http://"):
+        kwargs["insecure"] = True
     return kwargs
 
 
@@ -224,6 +269,10 @@ def _span_exporter(settings: _config.Settings) -> SpanExporter | None:
         return None
     if settings.traces_exporter == "console":
         return ConsoleSpanExporter()
+    if settings.traces_exporter == "waterfall":
+        from otel_vision._console import WaterfallSpanExporter
+
+        return WaterfallSpanExporter()
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 
@@ -279,6 +328,43 @@ def _log_exporter(settings: _config.Settings) -> LogRecordExporter | None:
     return HttpLogs(**_otlp_kwargs(settings, "logs"))
 
 
+def _destination(settings: _config.Settings, signal: _config.Signal) -> str:
+    """Where a signal goes, for log lines: the endpoint without credentials, and the protocol."""
+    kind = {"traces": settings.traces_exporter, "metrics": settings.metrics_exporter, "logs": settings.logs_exporter}
+    if kind[signal] != "otlp":
+        return f"the {kind[signal]} exporter"
+    return f"{_config.redact_endpoint(settings.endpoint_for(signal))} ({settings.protocol})"
+
+
+def _export_path(settings: _config.Settings) -> _export.ExportPipeline:
+    types: dict[str, str] = {}
+    servers: dict[str, tuple[str, int]] = {}
+    signal: _config.Signal
+    for signal, kind in (
+        ("traces", settings.traces_exporter),
+        ("metrics", settings.metrics_exporter),
+        ("logs", settings.logs_exporter),
+    ):
+        if kind == "otlp":
+            transport = "grpc" if settings.protocol == "grpc" else "http"
+            item = {"traces": "span", "metrics": "metric", "logs": "log"}[signal]
+            types[signal] = f"otlp_{transport}_{item}_exporter"
+            parsed = urlsplit(settings.endpoint_for(signal))
+            if parsed.hostname:
+                try:
+                    port = parsed.port
+                except ValueError:
+                    port = None
+                default_port = 4317 if settings.protocol == "grpc" else 4318
+                servers[signal] = (parsed.hostname, port or default_port)
+        else:
+            types[signal] = f"{kind}_exporter"
+    return _export.ExportPipeline(
+        _export.Accounting(types, servers),
+        export_timeouts={signal: settings.timeout_for(signal) for signal in ("traces", "metrics", "logs")},
+    )
+
+
 def build(
     settings: _config.Settings,
     *,
@@ -313,15 +399,21 @@ def build(
                 nvml=nvml,
             )
         resource = _resource(settings, gpu)
-        sampler = ParentBased(TraceIdRatioBased(settings.sample_rate)) if settings.sample_rate is not None else None
+        sampler = _sampler(settings)
 
+        exports = _export_path(settings)
         processors = list(span_processors)
         exporter = _span_exporter(settings)
         if exporter is not None:
-            processors.append(BatchSpanProcessor(exporter))
-        tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+            processors.append(exports.span_processor(exporter, _destination(settings, "traces")))
+        limits = _export.span_limits()
+        if limits.max_attribute_length is not None:
+            _errors.DESCRIPTION_LIMIT = limits.max_attribute_length
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False, span_limits=limits)
         if gpu is not None:
-            tracer_provider.add_span_processor(gpu.span_processor(processors))
+            gpu_processor = gpu.span_processor(processors)
+            exports.deadline_aware.append(gpu_processor)
+            tracer_provider.add_span_processor(gpu_processor)
         else:
             for processor in processors:
                 tracer_provider.add_span_processor(processor)
@@ -329,12 +421,19 @@ def build(
         readers = list(metric_readers)
         metric_exporter = _metric_exporter(settings)
         if metric_exporter is not None:
-            readers.append(PeriodicExportingMetricReader(metric_exporter))
+            readers.append(
+                PeriodicExportingMetricReader(
+                    exports.metric_exporter(metric_exporter, _destination(settings, "metrics"))
+                )
+            )
         prometheus = _prometheus_endpoint(settings) if settings.metrics_exporter == "prometheus" else None
         if prometheus is not None:
             readers.append(prometheus[0])
         meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
         meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
+        exports.accounting.bind(meter)
+        for processor in exports.deadline_aware:
+            processor.bind(meter)
         if gpu is not None:
             gpu.start(meter)
 
@@ -343,9 +442,15 @@ def build(
             logger_provider.add_log_record_processor(log_processor)
         log_exporter = _log_exporter(settings)
         if log_exporter is not None:
-            logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+            logger_provider.add_log_record_processor(
+                exports.log_processor(log_exporter, _destination(settings, "logs"))
+            )
 
         handle = Handle(settings, tracer_provider, meter_provider, logger_provider, gpu, standalone=standalone)
+        handle._exports = exports
+        handle._rebuild = functools.partial(
+            build, settings, span_processors=span_processors, log_processors=log_processors, cuda=cuda, nvml=nvml
+        )
         if prometheus is not None:
             handle._servers.append(prometheus[1])
         if settings.logs:
@@ -369,17 +474,25 @@ def build(
         return handle
 
 
+def _sampler(settings: _config.Settings) -> Sampler:
+    """The sampler `Settings` describe (validated there: an invalid ``OTEL_TRACES_SAMPLER*`` leaves the default)."""
+    if settings.sample_rate is not None:
+        return ParentBased(TraceIdRatioBased(settings.sample_rate))
+    ratio = TraceIdRatioBased(settings.sampler_arg)
+    return {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": ratio,
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(ratio),
+    }[settings.sampler]
+
+
 def _attach_logging(handle: Handle, logger_provider: LoggerProvider, level: int) -> None:
-    root = logging.getLogger()
-    if not root.handlers and logging.lastResort is not None:
-        # Python prints warnings to stderr only while the root logger has no handler; adding ours would silence
-        # that, so keep the same behaviour explicitly.
-        root.addHandler(logging.lastResort)
-        handle._log_handlers.append(logging.lastResort)
-    handler = LoggingHandler(level=level, logger_provider=logger_provider)
-    handler.addFilter(_NotOurLogs())
-    root.addHandler(handler)
-    handle._log_handlers.append(handler)
+    # otel_vision._logging keeps Python's last-resort printing of warnings and lets a later logging.basicConfig()
+    # work as if we were not there.
+    handle._log_handlers.extend(_logging.attach(_logging.exporting_handler(logger_provider, level)))
 
 
 def _set_globals(
@@ -408,7 +521,41 @@ def _set_globals(
 def _shutdown_at_exit() -> None:
     handle = _active
     if handle is not None:
-        handle.shutdown()
+        handle.shutdown(_export.exit_timeout())
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets a pipeline of its own: its own ``process.pid`` and ``service.instance.id``, export threads,
+    GPU sampler and span processor. The parent's copy is let go without exporting anything (the parent does)."""
+    global _active
+    handle = _active
+    if handle is None or handle.standalone or handle._rebuild is None:
+        return
+    try:
+        with _lock:
+            handle._abandon()
+            _active = None
+            _runtime.install(_runtime.disabled())
+            child = handle._rebuild()
+    except Exception:
+        report_internal_error("telemetry pipeline of a forked child")
+        return
+    if "multiprocessing.util" in sys.modules:
+        # A multiprocessing worker leaves with os._exit(), skipping atexit; its finalizers still run. Registered
+        # through an after-fork hook because multiprocessing clears the finalizers of a new process first.
+        import multiprocessing.util
+
+        multiprocessing.util.register_after_fork(child, _finalize_with_process)
+
+
+def _finalize_with_process(handle: Handle) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(handle, handle.shutdown, args=(_export.exit_timeout(),), exitpriority=100)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def configure(
@@ -439,7 +586,9 @@ def configure(
     ```
 
     Every argument left ``None`` falls back to its environment variable, then to its default (see
-    ``docs/configuration.md``); an invalid value raises ``ValueError`` naming the argument or variable. Exporting is
+    ``docs/configuration.md``). An argument of the wrong type raises ``TypeError``, one with a wrong value
+    ``ValueError``, both naming the argument; an invalid variable is logged as one warning naming it and its default
+    is used (as the OpenTelemetry specification asks). Exporting is
     OTLP over gRPC unless ``protocol="http/protobuf"`` or ``OTEL_EXPORTER_OTLP_PROTOCOL`` says otherwise; the
     endpoint, headers and timeout come from the standard variables unless given here. With ``OTEL_SDK_DISABLED=true``
     nothing is built and the returned handle does nothing. The pipeline is flushed and stopped at interpreter exit.
@@ -450,7 +599,8 @@ def configure(
         protocol: ``grpc`` or ``http/protobuf``.
         endpoint: collector base URL, e.g. ``http://127.0.0.1:4317``; the per-signal path is added for HTTP.
         headers: exporter headers, e.g. an auth token.
-        exporter: ``otlp``, ``console`` or ``none`` for all signals (else ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER``).
+        exporter: ``otlp``, ``console`` or ``none`` for all signals (else ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER``);
+            ``waterfall`` prints each finished trace as a tree on stderr and exports no metrics or logs.
         sample_rate: head-sampling ratio honouring the parent's decision (else ``OTEL_TRACES_SAMPLER``).
         gpu: GPU telemetry on or off (``OTEL_VISION_GPU``).
         gpu_sample_interval: seconds between NVML polls (``OTEL_VISION_GPU_SAMPLE_INTERVAL``, default 1).
@@ -481,7 +631,9 @@ def configure(
         log_level=log_level,
         nvtx=nvtx,
     )
-    return build(settings, span_processors=additional_span_processors, metric_readers=additional_metric_readers)
+    _config.check_extensions(additional_span_processors, additional_metric_readers)
+    with _config.hidden_invalid_variables(settings):
+        return build(settings, span_processors=additional_span_processors, metric_readers=additional_metric_readers)
 
 
 def shutdown(timeout: float = 10.0) -> None:

@@ -16,7 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision import _runtime
-from otel_vision._errors import error_type, report_internal_error
+from otel_vision._errors import describe_exception, error_type, report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
     CUDA_OOM,
@@ -52,14 +52,46 @@ def record_failure(span: Span, exc: BaseException) -> str | None:
     """Record ``exc`` on ``span`` (status ERROR, ``error.type``) and return its ``error.type``.
 
     Only `Exception` counts as a failure: `GeneratorExit`, `KeyboardInterrupt` and task cancellation are control flow.
+    Works with any exception object, even one whose ``__str__`` raises; messages are capped (`describe_exception`).
     """
     if not isinstance(exc, Exception):
         return None
     kind = error_type(exc)
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    description = describe_exception(exc)
+    try:
+        span.record_exception(exc)
+    except Exception:  # an exception that cannot print itself still gets its event
+        span.add_event("exception", {"exception.type": _qualified_name(exc), "exception.message": description})
+    span.set_status(Status(StatusCode.ERROR, description))
     span.set_attribute(ERROR_TYPE, kind)
     return kind
+
+
+def _qualified_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _detach(token: object) -> None:
+    """Restore the previous context; never raises (at the recursion limit even this can fail)."""
+    try:
+        context.detach(token)  # type: ignore[arg-type]  # a Token from context.attach()
+    except Exception:
+        pass
+
+
+_unended: list[Span] = []
+"""Spans whose ``end()`` failed (at the recursion limit): the next stage that finishes ends them."""
+
+
+def _end_unended() -> None:
+    while _unended:
+        try:
+            _unended.pop().end()
+        except IndexError:
+            return
+        except Exception:
+            return
 
 
 class stage:
@@ -117,11 +149,14 @@ class stage:
     def _finish(
         self, active: _Active, exc: BaseException | None, items: int | None = None, abandoned: bool = False
     ) -> None:
-        duration = perf_counter() - active.t0
+        """End the stage's span and record its metrics; never raises, whatever the user's exception is."""
         span = active.span
-        failure = record_failure(span, exc) if exc is not None else None
         runtime = active.runtime
         try:
+            if _unended:
+                _end_unended()
+            duration = perf_counter() - active.t0
+            failure = record_failure(span, exc) if exc is not None else None
             if failure == CUDA_OOM and runtime.gpu is not None:
                 runtime.gpu.record_allocator_state(span)
             if items is not None:
@@ -132,10 +167,17 @@ class stage:
                 runtime.gpu.finish(span, active.gpu)
             self._record(runtime.instruments, duration, failure)
         except Exception:  # never let our bookkeeping replace the user's result or exception
-            report_internal_error("stage bookkeeping")
-        if active.nvtx is not None and runtime.nvtx is not None:
-            runtime.nvtx.end(active.nvtx)
-        span.end()
+            try:
+                report_internal_error("stage bookkeeping")
+            except Exception:
+                pass
+        finally:
+            try:
+                if active.nvtx is not None and runtime.nvtx is not None:
+                    runtime.nvtx.end(active.nvtx)
+                span.end()
+            except Exception:
+                _unended.append(span)
 
     def _record(self, instruments: Instruments, duration: float, failure: str | None) -> None:
         attrs = self._base_metric_attrs(instruments)
@@ -164,7 +206,7 @@ class stage:
             self._finish(active, exc)
             raise
         finally:
-            context.detach(token)
+            _detach(token)
         self._finish(active, None)
         return result
 
@@ -185,8 +227,10 @@ class stage:
         assert self._cv is not None  # __enter__ ran
         active = self._cv.get()
         self._cv.reset(active.cv_token)  # type: ignore[arg-type]  # the Token set() returned in __enter__
-        self._finish(active, exc)
-        context.detach(active.token)  # type: ignore[arg-type]  # the Token attach() returned in __enter__
+        try:
+            self._finish(active, exc)
+        finally:
+            _detach(active.token)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
@@ -220,7 +264,7 @@ class stage:
             self._finish(active, exc)
             raise
         finally:
-            context.detach(token)
+            _detach(token)
         if type(result) is GeneratorType:
             # A function returning a generator (stream=True APIs): the stage goes on over the iteration.
             return self._iterate(result, context.get_current(), active)
@@ -243,7 +287,7 @@ class stage:
                 self._finish(active, exc)
                 raise
             finally:
-                context.detach(token)
+                _detach(token)
             self._finish(active, None)
             return result
 
@@ -282,7 +326,7 @@ class stage:
                 self._finish(active, exc, items)
                 raise
             finally:
-                context.detach(token)
+                _detach(token)
                 to_throw = None
             items += 1
             try:
@@ -294,7 +338,7 @@ class stage:
                     gen.close()
                 finally:
                     self._finish(active, None, items, abandoned=True)
-                    context.detach(token)
+                    _detach(token)
                 raise
             except BaseException as exc:  # gen.throw() by the consumer: forward it
                 to_throw = exc
@@ -317,7 +361,7 @@ class stage:
                 self._finish(active, exc, items)
                 raise
             finally:
-                context.detach(token)
+                _detach(token)
                 to_throw = None
             items += 1
             try:
@@ -328,7 +372,7 @@ class stage:
                     await agen.aclose()
                 finally:
                     self._finish(active, None, items, abandoned=True)
-                    context.detach(token)
+                    _detach(token)
                 raise
             except BaseException as exc:
                 to_throw = exc

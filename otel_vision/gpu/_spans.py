@@ -15,25 +15,32 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Final
 
 from opentelemetry.context import Context
+from opentelemetry.metrics import Meter
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Span as ApiSpan
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision._errors import report_internal_error
 from otel_vision.attributes import (
+    ERROR_TYPE,
     GPU_MEMORY_ALLOCATED,
     GPU_MEMORY_PEAK,
     GPU_MEMORY_RESERVED,
     GPU_TIME,
     GPU_UTILIZATION,
     HW_ID,
+    VISION_GPU_INCOMPLETE_SPANS,
 )
 from otel_vision.gpu._backends import CudaBackend
 from otel_vision.gpu._sampler import NvmlSampler, Window
 
 logger = logging.getLogger("otel_vision.gpu")
+
+MAX_PENDING: Final = 4096
+"""GPU spans waiting for their events at most; beyond, spans are exported without ``gpu.time`` (and counted)."""
 
 
 @dataclass(eq=False)
@@ -128,7 +135,13 @@ class SpanGpuProbe:
             if hw_id is not None:
                 attributes[HW_ID] = hw_id
             span.set_attributes(attributes)
-            self._pending[span.get_span_context().span_id] = _Pending(frame.device, frame.start_event, end_event, hw_id)
+            pending = self._pending
+            pending[span.get_span_context().span_id] = _Pending(frame.device, frame.start_event, end_event, hw_id)
+            if len(pending) > MAX_PENDING:
+                # A span ended outside our processor never comes back for its events: forget the oldest.
+                old = pending.pop(next(iter(pending)))
+                cuda.release_event(old.device, old.start_event)
+                cuda.release_event(old.device, old.end_event)
         except Exception:
             self._broken = True
             report_internal_error("GPU span bookkeeping (end)")
@@ -154,13 +167,22 @@ class SpanGpuProbe:
         """Compute some of a GPU span's attributes in the export path, once its end event has completed.
 
         For values that live on the device (a timestep tensor copied asynchronously to pinned memory): reading
-        them after the event is free, reading them now would synchronize. Call before the span ends.
+        them after the event is free, reading them now would synchronize. Call before the span ends; the entry is
+        removed when the span ends, applied or not.
         """
-        self._deferred[span.get_span_context().span_id] = attributes
+        deferred = self._deferred
+        deferred[span.get_span_context().span_id] = attributes
+        if len(deferred) > MAX_PENDING:
+            # Spans that never ended (or never reached our processor): forget the oldest.
+            deferred.pop(next(iter(deferred)), None)
 
     def take(self, span_id: int) -> _Pending | None:
-        """Hand the pending events of a finished span to the export path."""
-        return self._pending.pop(span_id, None)
+        """Hand the pending events (and deferred attributes) of a finished span to the export path."""
+        deferred = self._deferred.pop(span_id, None)
+        pending = self._pending.pop(span_id, None)
+        if pending is not None:
+            pending.deferred = deferred
+        return pending
 
 
 @dataclass
@@ -186,6 +208,7 @@ class GpuSpanProcessor(SpanProcessor):
         *,
         max_delay: float = 10.0,
         poll_interval: float = 0.02,
+        max_waiting: int = MAX_PENDING,
     ) -> None:
         self._probe = probe
         self._cuda = cuda
@@ -193,6 +216,11 @@ class GpuSpanProcessor(SpanProcessor):
         self._processors = tuple(processors)
         self._max_delay = max_delay
         self._poll_interval = poll_interval
+        self._max_waiting = max_waiting
+        self.shutdown_deadline: float | None = None
+        """Set by the owning handle before a shutdown: `shutdown()` ends by then."""
+        self._incomplete: Any = None
+        self._warned_full = False
         self._queue = _Queue()
         self._drain_lock = threading.Lock()
         self._stopping = False
@@ -213,8 +241,24 @@ class GpuSpanProcessor(SpanProcessor):
         pending.span = span
         pending.deadline = time.monotonic() + self._max_delay
         with self._queue.cond:
-            self._queue.items.append(pending)
-            self._queue.cond.notify()
+            full = len(self._queue.items) >= self._max_waiting
+            if not full:
+                self._queue.items.append(pending)
+                self._queue.cond.notify()
+        if full:
+            # Events that do not complete (a hung device, a flood of spans): never grow without bound.
+            self._cuda.release_event(pending.device, pending.start_event)
+            self._cuda.release_event(pending.device, pending.end_event)
+            self._count_incomplete("waiting_full")
+            if not self._warned_full:
+                self._warned_full = True
+                logger.warning(
+                    "otel_vision: %d spans are waiting for their GPU events; later spans are exported without "
+                    "gpu.time (counted in %s)",
+                    self._max_waiting,
+                    VISION_GPU_INCOMPLETE_SPANS,
+                )
+            self._forward(span)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Pass every waiting span on: wait (bounded) for their events, take the samples there are now."""
@@ -232,8 +276,23 @@ class GpuSpanProcessor(SpanProcessor):
         remaining = max(0, int((deadline - time.monotonic()) * 1000))
         return all(p.force_flush(remaining) for p in self._processors)
 
+    def bind(self, meter: Meter) -> None:
+        """Count spans forwarded without their GPU attributes on ``meter``."""
+        self._incomplete = meter.create_counter(
+            VISION_GPU_INCOMPLETE_SPANS,
+            unit="{span}",
+            description="GPU spans exported without gpu.time: their events did not complete in time, or too many "
+            "were waiting (error.type).",
+        )
+
+    def _count_incomplete(self, reason: str) -> None:
+        if self._incomplete is not None:
+            self._incomplete.add(1, {ERROR_TYPE: reason})
+
     def shutdown(self) -> None:
-        self.force_flush(timeout_millis=int(self._max_delay * 1000))
+        end = self.shutdown_deadline
+        budget = self._max_delay if end is None else max(0.0, end - time.monotonic())
+        self.force_flush(timeout_millis=int(budget * 1000))
         self._stopping = True
         with self._queue.cond:
             self._queue.cond.notify()
@@ -291,6 +350,8 @@ class GpuSpanProcessor(SpanProcessor):
             )
         if not force and (not events_done or utilization == Window.PENDING):
             return None
+        if not events_done:
+            self._count_incomplete("timeout")
         extra: dict[str, AttributeValue] = {}
         if events_done:
             extra[GPU_TIME] = self._cuda.elapsed_seconds(pending.start_event, pending.end_event)
