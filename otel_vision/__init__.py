@@ -12,6 +12,7 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
+from otel_vision._console import WaterfallSpanExporter, render_summary, render_waterfall
 from otel_vision._instrument import instrument_diffusers, instrument_ultralytics
 from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import queue_wait, request, stage
@@ -20,12 +21,15 @@ from otel_vision.instrumentation.torch import instrument_module, uninstrument_mo
 
 __all__ = [
     "Handle",
+    "WaterfallSpanExporter",
     "__version__",
     "configure",
     "instrument_diffusers",
     "instrument_module",
     "instrument_ultralytics",
     "queue_wait",
+    "render_summary",
+    "render_waterfall",
     "request",
     "shutdown",
     "stage",

@@ -1,28 +1,46 @@
 """Settings: explicit argument > environment variable > default, resolved and validated once.
 
-Standard ``OTEL_*`` variables (endpoint, headers, timeout, service name, resource attributes, sampler, export
-intervals) are left to the OpenTelemetry SDK, which reads them itself. This module reads only our own
-``OTEL_VISION_*`` variables and the few standard ones that decide *which* SDK objects to build (protocol, exporter
-choice, ``OTEL_SDK_DISABLED``), and it rejects a bad value with a ``ValueError`` naming the variable or argument.
+Two kinds of mistake, two answers. An explicit ``configure()`` argument of the wrong type raises ``TypeError`` and one
+with a wrong value raises ``ValueError``, both naming the argument and what is expected. An invalid environment
+variable follows the OpenTelemetry specification: one warning naming the variable and its value, and the default is
+used instead. `Settings.problems` keeps those warnings for ``otel-vision doctor``.
+
+The standard variables that the SDK's exporters and tracer provider would otherwise read themselves (endpoints,
+timeouts, sampler) are validated here and passed to them explicitly, and `hidden_invalid_variables()` keeps an invalid
+value out of their sight while they are built: an invalid value behaves exactly like an unset one.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 Protocol = Literal["grpc", "http/protobuf"]
-ExporterKind = Literal["otlp", "console", "none", "prometheus"]
+ExporterKind = Literal["otlp", "console", "none", "prometheus", "waterfall"]
+Signal = Literal["traces", "metrics", "logs"]
+
+logger = logging.getLogger("otel_vision")
 
 OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 """Standard: ``true`` turns every signal off; ``configure()`` then returns a handle that does nothing."""
 OTEL_EXPORTER_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
 """Standard: ``grpc`` (our default) or ``http/protobuf``."""
+OTEL_EXPORTER_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+"""Standard: collector base URL with ``http://`` or ``https://``; with HTTP the per-signal path is appended."""
+OTEL_EXPORTER_OTLP_TIMEOUT: Final = "OTEL_EXPORTER_OTLP_TIMEOUT"
+"""Standard: seconds one export may take (the Python SDK reads this variable in seconds), default ``10``."""
+OTEL_TRACES_SAMPLER: Final = "OTEL_TRACES_SAMPLER"
+"""Standard: one of the built-in sampler names, default ``parentbased_always_on``."""
+OTEL_TRACES_SAMPLER_ARG: Final = "OTEL_TRACES_SAMPLER_ARG"
+"""Standard: the ratio in [0, 1] of the ``*traceidratio`` samplers, default ``1.0``."""
 OTEL_TRACES_EXPORTER: Final = "OTEL_TRACES_EXPORTER"
-"""Standard: ``otlp`` (default), ``console`` or ``none`` for spans."""
+"""Standard: ``otlp`` (default), ``console``, ``waterfall`` (a tree per trace on stderr) or ``none`` for spans."""
 OTEL_METRICS_EXPORTER: Final = "OTEL_METRICS_EXPORTER"
 """Standard: ``otlp`` (default), ``console``, ``none`` or ``prometheus`` (a pull endpoint, see below) for metrics."""
 OTEL_EXPORTER_PROMETHEUS_HOST: Final = "OTEL_EXPORTER_PROMETHEUS_HOST"
@@ -50,11 +68,33 @@ OTEL_VISION_NVTX: Final = "OTEL_VISION_NVTX"
 """``false`` (default) or ``true``: mirror every span as an NVTX range, for Nsight Systems captures."""
 OTEL_VISION_CAPTURE_PROMPTS: Final = "OTEL_VISION_CAPTURE_PROMPTS"
 """``false`` (default) or ``true``: record diffusion prompts as ``vision.prompt`` on the pipeline's root span."""
+OTEL_VISION_DENOISE_STEPS: Final = "OTEL_VISION_DENOISE_STEPS"
+"""``spans`` (default), ``events`` or ``off``: per denoising step, a ``denoise_step`` span, a ``denoise_step`` event
+on the ``denoise`` span, or nothing."""
+
+SIGNALS: Final[tuple[Signal, ...]] = ("traces", "metrics", "logs")
+SIGNAL_PATHS: Final[Mapping[Signal, str]] = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs"}
+DEFAULT_ENDPOINTS: Final[Mapping[Protocol, str]] = {
+    "grpc": "http://localhost:4317",
+    "http/protobuf": "http://localhost:4318",
+}
+DEFAULT_TIMEOUT: Final = 10.0
+DEFAULT_SAMPLER: Final = "parentbased_always_on"
+SAMPLERS: Final = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+"""The built-in sampler names of the specification (and of the SDK's tracer provider)."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS: Final = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _EXPORTERS: Final[tuple[ExporterKind, ...]] = ("otlp", "console", "none")
+_TRACE_EXPORTERS: Final[tuple[ExporterKind, ...]] = ("otlp", "console", "waterfall", "none")
 _METRIC_EXPORTERS: Final[tuple[ExporterKind, ...]] = ("otlp", "console", "none", "prometheus")
 _PROTOCOLS: Final = {"grpc": "grpc", "http/protobuf": "http/protobuf", "http": "http/protobuf"}
 
@@ -68,7 +108,7 @@ class Settings:
     resource_attributes: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     protocol: Protocol = "grpc"
     endpoint: str | None = None
-    """``None`` leaves the endpoint to the exporter, which reads ``OTEL_EXPORTER_OTLP_*ENDPOINT``."""
+    """The ``endpoint`` argument, if given (a base URL); `endpoints` holds what each exporter really uses."""
     headers: Mapping[str, str] | None = None
     traces_exporter: ExporterKind = "otlp"
     metrics_exporter: ExporterKind = "otlp"
@@ -76,7 +116,17 @@ class Settings:
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = 9464
     sample_rate: float | None = None
-    """``None`` leaves sampling to ``OTEL_TRACES_SAMPLER``; else a parent-based trace-id ratio."""
+    """The ``sample_rate`` argument; it wins over `sampler`."""
+    sampler: str = DEFAULT_SAMPLER
+    """A name from `SAMPLERS`, validated (an invalid ``OTEL_TRACES_SAMPLER`` leaves the default)."""
+    sampler_arg: float = 1.0
+    """The ratio of the ``*traceidratio`` samplers."""
+    endpoints: Mapping[Signal, str] = field(default_factory=dict)
+    """Per signal, the full URL its OTLP exporter sends to (with the HTTP signal path), and nothing for the others."""
+    endpoint_sources: Mapping[Signal, str] = field(default_factory=dict)
+    """Per signal, where its endpoint came from: ``argument``, a variable name or ``default``."""
+    timeouts: Mapping[Signal, float] = field(default_factory=dict)
+    """Per signal, seconds one export may take."""
     gpu: bool = True
     gpu_sample_interval: float = 1.0
     gpu_history: float = 300.0
@@ -85,6 +135,53 @@ class Settings:
     log_level: int = 20
     nvtx: bool = False
     disabled: bool = False
+    problems: tuple[str, ...] = ()
+    """One sentence per invalid environment variable, each naming the variable, the value and the default used."""
+    invalid_variables: tuple[str, ...] = ()
+    """The names of those variables (kept out of the SDK's sight while the pipeline is built)."""
+
+    def endpoint_for(self, signal: Signal) -> str:
+        """The URL the OTLP exporter of ``signal`` sends to."""
+        return self.endpoints.get(signal) or _signal_url(DEFAULT_ENDPOINTS[self.protocol], self.protocol, signal)
+
+    def timeout_for(self, signal: Signal) -> float:
+        """Seconds one export of ``signal`` may take."""
+        return self.timeouts.get(signal, DEFAULT_TIMEOUT)
+
+
+def redact_endpoint(url: str) -> str:
+    """``url`` without its user-info (``https://user:secret@host`` -> ``https://***@host``) and without query
+    values, for anything printed or logged.
+
+    ```python
+    redact_endpoint("https://tenant:s3cret@otlp.example.com:4318/v1/traces?token=abc")
+    # 'https://***@otlp.example.com:4318/v1/traces?token=***'
+    ```
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{pair.split('=', 1)[0]}=***" for pair in parts.query.split("&") if pair) if parts.query else ""
+    if "://" not in url:  # host:port without a scheme: only user-info can hide in it
+        return "***@" + url.rsplit("@", 1)[1] if "@" in url else url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class _Problems:
+    """Collects the invalid environment variables met while resolving."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.names: list[str] = []
+
+    def add(self, name: str, raw: str, why: str, default: object) -> None:
+        shown = redact_endpoint(raw) if "ENDPOINT" in name else raw
+        self.messages.append(f"{name}={shown!r} is invalid ({why}); using the default {default}")
+        self.names.append(name)
 
 
 def _env(name: str, environ: Mapping[str, str]) -> str | None:
@@ -94,90 +191,229 @@ def _env(name: str, environ: Mapping[str, str]) -> str | None:
     return value.strip()
 
 
-def _source(arg_name: str, arg: object, env_name: str, environ: Mapping[str, str]) -> tuple[str, Any]:
-    """The winning raw value and where it came from, for error messages: the argument, else the variable."""
-    return (arg_name, arg) if arg is not None else (env_name, _env(env_name, environ))
-
-
-def _parse_bool(name: str, raw: str) -> bool:
+def _parse_bool(raw: str) -> bool | None:
     lowered = raw.lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{name}={raw!r} is not a boolean: use one of true/false, 1/0, yes/no, on/off")
+    return None
 
 
-def _parse_seconds(name: str, raw: str | float, minimum: float) -> float:
+def _seconds(raw: str | float, minimum: float) -> float | None:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name}={raw!r} must be a finite number of seconds >= {minimum}")
+        return None
+    return value if math.isfinite(value) and value >= minimum else None
+
+
+def _bool_setting(
+    arg_name: str, arg: bool | None, env_name: str, environ: Mapping[str, str], default: bool, problems: _Problems
+) -> bool:
+    if arg is not None:
+        if not isinstance(arg, bool):
+            raise TypeError(f"{arg_name}={arg!r} must be True or False")
+        return arg
+    raw = _env(env_name, environ)
+    if raw is None:
+        return default
+    value = _parse_bool(raw)
+    if value is None:
+        problems.add(env_name, raw, "not a boolean: use true/false, 1/0, yes/no or on/off", str(default).lower())
+        return default
     return value
 
 
-def _bool_setting(arg_name: str, arg: bool | None, env_name: str, environ: Mapping[str, str], default: bool) -> bool:
-    if arg is not None:
-        if not isinstance(arg, bool):
-            raise ValueError(f"{arg_name}={arg!r} must be True or False")
-        return arg
-    raw = _env(env_name, environ)
-    return default if raw is None else _parse_bool(env_name, raw)
-
-
 def _seconds_setting(
-    arg_name: str, arg: float | None, env_name: str, environ: Mapping[str, str], default: float, minimum: float
+    arg_name: str,
+    arg: float | None,
+    env_name: str,
+    environ: Mapping[str, str],
+    default: float,
+    minimum: float,
+    problems: _Problems,
 ) -> float:
     if arg is not None:
-        return _parse_seconds(arg_name, arg, minimum)
+        if isinstance(arg, bool) or not isinstance(arg, int | float):
+            raise TypeError(f"{arg_name}={arg!r} must be a number of seconds")
+        value = _seconds(arg, minimum)
+        if value is None:
+            raise ValueError(f"{arg_name}={arg!r} must be a finite number of seconds >= {minimum}")
+        return value
     raw = _env(env_name, environ)
-    return default if raw is None else _parse_seconds(env_name, raw, minimum)
+    if raw is None:
+        return default
+    parsed = _seconds(raw, minimum)
+    if parsed is None:
+        problems.add(env_name, raw, f"not a finite number of seconds >= {minimum}", f"{default:g}")
+        return default
+    return parsed
 
 
-def _protocol(arg: str | None, environ: Mapping[str, str]) -> Protocol:
-    source, raw = (
-        ("protocol", arg)
-        if arg is not None
-        else (OTEL_EXPORTER_OTLP_PROTOCOL, _env(OTEL_EXPORTER_OTLP_PROTOCOL, environ))
-    )
+def _protocol(arg: str | None, environ: Mapping[str, str], problems: _Problems) -> Protocol:
+    if arg is not None:
+        if not isinstance(arg, str):
+            raise TypeError(f"protocol={arg!r} must be a string: 'grpc' or 'http/protobuf'")
+        if arg.lower() not in _PROTOCOLS:
+            raise ValueError(f"protocol={arg!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'")
+        return _PROTOCOLS[arg.lower()]  # type: ignore[return-value]  # the table's values are Protocol literals
+    raw = _env(OTEL_EXPORTER_OTLP_PROTOCOL, environ)
     if raw is None:
         return "grpc"
-    try:
-        return _PROTOCOLS[raw.lower()]  # type: ignore[return-value]  # the table's values are Protocol literals
-    except KeyError:
-        raise ValueError(f"{source}={raw!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'") from None
+    if raw.lower() not in _PROTOCOLS:
+        problems.add(OTEL_EXPORTER_OTLP_PROTOCOL, raw, "use 'grpc' or 'http/protobuf'", "grpc")
+        return "grpc"
+    return _PROTOCOLS[raw.lower()]  # type: ignore[return-value]  # the table's values are Protocol literals
 
 
 def _exporter(
-    arg: str | None, env_name: str, environ: Mapping[str, str], allowed: tuple[ExporterKind, ...] = _EXPORTERS
+    arg: str | None, env_name: str, environ: Mapping[str, str], allowed: tuple[ExporterKind, ...], problems: _Problems
 ) -> ExporterKind:
-    source, raw = _source("exporter", arg, env_name, environ)
+    if arg is not None:
+        if arg == "waterfall":
+            # The terminal waterfall is a trace view: with it, metrics and logs are not exported.
+            return "waterfall" if "waterfall" in allowed else "none"
+        return arg  # type: ignore[return-value]  # validated by resolve() against _TRACE_EXPORTERS
+    raw = _env(env_name, environ)
     if raw is None:
         return "otlp"
     # The standard variables allow a comma-separated list; we build one exporter per signal and take the first.
-    first = str(raw).split(",")[0].strip().lower()
+    first = raw.split(",")[0].strip().lower()
     for kind in allowed:
         if first == kind:
             return kind
-    raise ValueError(f"{source}={raw!r} is not supported: use {', '.join(repr(k) for k in allowed)}")
+    problems.add(env_name, raw, f"otel_vision supports {', '.join(allowed)}", "otlp")
+    return "otlp"
 
 
-def _log_level(arg: int | str | None, environ: Mapping[str, str]) -> int:
-    source, raw = (
-        ("log_level", arg) if arg is not None else (OTEL_VISION_LOG_LEVEL, _env(OTEL_VISION_LOG_LEVEL, environ))
-    )
+def _log_level(arg: int | str | None, environ: Mapping[str, str], problems: _Problems) -> int:
+    if arg is not None:
+        if isinstance(arg, bool) or not isinstance(arg, int | str):
+            raise TypeError(f"log_level={arg!r} must be a level name such as 'INFO' or a number")
+        if isinstance(arg, int):
+            if arg < 0:
+                raise ValueError(f"log_level={arg!r} must be a logging level >= 0")
+            return arg
+        level = _LOG_LEVELS.get(arg.upper())
+        if level is None:
+            raise ValueError(f"log_level={arg!r} is not a logging level: use one of {', '.join(_LOG_LEVELS)}")
+        return level
+    raw = _env(OTEL_VISION_LOG_LEVEL, environ)
     if raw is None:
         return 20
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        if raw < 0:
-            raise ValueError(f"{source}={raw!r} must be a logging level >= 0")
-        return raw
-    level = _LOG_LEVELS.get(str(raw).upper())
+    if raw.isdigit():
+        return int(raw)
+    level = _LOG_LEVELS.get(raw.upper())
     if level is None:
-        raise ValueError(f"{source}={raw!r} is not a logging level: use one of {', '.join(_LOG_LEVELS)}")
+        problems.add(OTEL_VISION_LOG_LEVEL, raw, f"use one of {', '.join(_LOG_LEVELS)}", "INFO")
+        return 20
     return level
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an OTLP endpoint, or ``None`` when it can."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError on a port that is not a number
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https"):
+        return "needs a scheme: http:// (plain text) or https:// (TLS), e.g. http://127.0.0.1:4317"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
+def _signal_url(base: str, protocol: Protocol, signal: Signal) -> str:
+    # OTLP/HTTP appends the signal path to the generic endpoint; gRPC uses the base as it is.
+    return base.rstrip("/") + SIGNAL_PATHS[signal] if protocol == "http/protobuf" else base
+
+
+def _endpoints(
+    endpoint: str | None, protocol: Protocol, environ: Mapping[str, str], problems: _Problems
+) -> tuple[dict[Signal, str], dict[Signal, str]]:
+    urls: dict[Signal, str] = {}
+    sources: dict[Signal, str] = {}
+    generic_raw = _env(OTEL_EXPORTER_OTLP_ENDPOINT, environ)
+    generic = None
+    if generic_raw is not None:
+        why = _url_problem(generic_raw)
+        if why is None:
+            generic = generic_raw
+        else:
+            problems.add(OTEL_EXPORTER_OTLP_ENDPOINT, generic_raw, why, DEFAULT_ENDPOINTS[protocol])
+    for signal in SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        specific = _env(name, environ)
+        if endpoint is not None:
+            urls[signal], sources[signal] = _signal_url(endpoint, protocol, signal), "argument"
+            continue
+        if specific is not None:
+            why = _url_problem(specific)
+            if why is None:
+                urls[signal], sources[signal] = specific, name  # per-signal URLs are used as they are
+                continue
+            problems.add(name, specific, why, "from OTEL_EXPORTER_OTLP_ENDPOINT or the default")
+        if generic is not None:
+            urls[signal], sources[signal] = _signal_url(generic, protocol, signal), OTEL_EXPORTER_OTLP_ENDPOINT
+        else:
+            urls[signal], sources[signal] = _signal_url(DEFAULT_ENDPOINTS[protocol], protocol, signal), "default"
+    return urls, sources
+
+
+def _timeouts(environ: Mapping[str, str], problems: _Problems) -> dict[Signal, float]:
+    why = "not a number of seconds > 0"
+    generic = DEFAULT_TIMEOUT
+    raw = _env(OTEL_EXPORTER_OTLP_TIMEOUT, environ)
+    if raw is not None:
+        value = _seconds(raw, 0.0)
+        if value is None or value == 0:
+            problems.add(OTEL_EXPORTER_OTLP_TIMEOUT, raw, why, f"{DEFAULT_TIMEOUT:g} s")
+        else:
+            generic = value
+    timeouts: dict[Signal, float] = {}
+    for signal in SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
+        specific = _env(name, environ)
+        timeouts[signal] = generic
+        if specific is not None:
+            value = _seconds(specific, 0.0)
+            if value is None or value == 0:
+                problems.add(name, specific, why, f"{generic:g} s")
+            else:
+                timeouts[signal] = value
+    return timeouts
+
+
+def _sampler(environ: Mapping[str, str], problems: _Problems) -> tuple[str, float]:
+    name = DEFAULT_SAMPLER
+    raw = _env(OTEL_TRACES_SAMPLER, environ)
+    if raw is not None:
+        if raw.lower() in SAMPLERS:
+            name = raw.lower()
+        else:
+            problems.add(OTEL_TRACES_SAMPLER, raw, f"use one of {', '.join(SAMPLERS)}", DEFAULT_SAMPLER)
+    arg = 1.0
+    raw_arg = _env(OTEL_TRACES_SAMPLER_ARG, environ)
+    if raw_arg is not None and name.endswith("traceidratio"):
+        value = _seconds(raw_arg, 0.0)
+        if value is None or value > 1.0:
+            problems.add(OTEL_TRACES_SAMPLER_ARG, raw_arg, "a ratio between 0 and 1", "1.0")
+        else:
+            arg = value
+    return name, arg
+
+
+def _check_mapping(name: str, value: object, example: str, values: tuple[type, ...], what: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping such as {example}, got {type(value).__name__} {value!r}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{name}: key {key!r} must be a non-empty string")
+        if not isinstance(item, values):
+            raise TypeError(f"{name}[{key!r}]={item!r} must be {what}")
+    return dict(value)
 
 
 def resolve(
@@ -197,52 +433,176 @@ def resolve(
     log_level: int | str | None = None,
     nvtx: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    warn: bool = True,
 ) -> Settings:
-    """Resolve arguments against the environment into validated `Settings`; raise ``ValueError`` on a bad value."""
+    """Resolve arguments against the environment into validated `Settings`.
+
+    A bad argument raises ``TypeError`` (wrong type) or ``ValueError`` (wrong value) naming it. A bad environment
+    variable is logged as one warning on the ``otel_vision`` logger (unless ``warn=False``) and replaced by its
+    default; `Settings.problems` lists them.
+    """
     env = os.environ if environ is None else environ
-    if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
-        raise ValueError(f"service_name={service_name!r} must be a non-empty string")
-    if endpoint is not None and (not isinstance(endpoint, str) or "://" not in endpoint):
-        raise ValueError(f"endpoint={endpoint!r} must be a URL such as 'http://127.0.0.1:4317'")
-    if headers is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        raise ValueError("headers must map str to str")
-    if sample_rate is not None and (
-        isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) or not 0.0 <= sample_rate <= 1.0
-    ):
-        raise ValueError(f"sample_rate={sample_rate!r} must be a number between 0 and 1")
-    attrs = dict(resource_attributes or {})
-    for key, value in attrs.items():
-        if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
-            raise ValueError(f"resource_attributes[{key!r}]={value!r}: keys must be str, values str/int/float/bool")
+    problems = _Problems()
+    if service_name is not None:
+        if not isinstance(service_name, str):
+            raise TypeError(f"service_name={service_name!r} must be a string")
+        if not service_name.strip():
+            raise ValueError(f"service_name={service_name!r} must not be empty")
+    if endpoint is not None:
+        if not isinstance(endpoint, str):
+            raise TypeError(f"endpoint={endpoint!r} must be a URL string such as 'http://127.0.0.1:4317'")
+        why = _url_problem(endpoint)
+        if why is not None:
+            raise ValueError(f"endpoint={redact_endpoint(endpoint)!r} {why}")
+    if headers is not None:
+        headers = _check_mapping(
+            "headers", headers, "{'authorization': 'Bearer <token>'}", (str,), "a string (the header value)"
+        )
+    if sample_rate is not None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float):
+            raise TypeError(f"sample_rate={sample_rate!r} must be a number between 0 and 1")
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate={sample_rate!r} must be between 0 and 1")
+    attrs = (
+        _check_mapping(
+            "resource_attributes",
+            resource_attributes,
+            "{'deployment.environment.name': 'prod'}",
+            (str, int, float, bool),
+            "a str, int, float or bool",
+        )
+        if resource_attributes is not None
+        else {}
+    )
+    if exporter is not None:
+        if not isinstance(exporter, str):
+            raise TypeError(f"exporter={exporter!r} must be a string: one of {', '.join(_TRACE_EXPORTERS)}")
+        if exporter not in _TRACE_EXPORTERS:
+            raise ValueError(f"exporter={exporter!r} is not supported: use one of {', '.join(_TRACE_EXPORTERS)}")
+
+    disabled = False
     disabled_raw = _env(OTEL_SDK_DISABLED, env)
-    port_raw = _env(OTEL_EXPORTER_PROMETHEUS_PORT, env) or "9464"
-    if not port_raw.isdigit() or not 0 < int(port_raw) < 65536:
-        raise ValueError(f"{OTEL_EXPORTER_PROMETHEUS_PORT}={port_raw!r} is not a TCP port")
-    return Settings(
+    if disabled_raw is not None:
+        parsed = _parse_bool(disabled_raw)
+        if parsed is None:
+            problems.add(OTEL_SDK_DISABLED, disabled_raw, "not a boolean: use true or false", "false")
+        else:
+            disabled = parsed
+    port = 9464
+    port_raw = _env(OTEL_EXPORTER_PROMETHEUS_PORT, env)
+    if port_raw is not None:
+        if port_raw.isdigit() and 0 < int(port_raw) < 65536:
+            port = int(port_raw)
+        else:
+            problems.add(OTEL_EXPORTER_PROMETHEUS_PORT, port_raw, "not a TCP port", "9464")
+    resolved_protocol = _protocol(protocol, env, problems)
+    endpoints, sources = _endpoints(endpoint, resolved_protocol, env, problems)
+    sampler, sampler_arg = _sampler(env, problems)
+    settings = Settings(
         service_name=service_name,
         resource_attributes=attrs,
-        protocol=_protocol(protocol, env),
+        protocol=resolved_protocol,
         endpoint=endpoint,
-        headers=dict(headers) if headers is not None else None,
-        traces_exporter=_exporter(exporter, OTEL_TRACES_EXPORTER, env),
-        metrics_exporter=_exporter(exporter, OTEL_METRICS_EXPORTER, env, _METRIC_EXPORTERS),
-        logs_exporter=_exporter(exporter, OTEL_LOGS_EXPORTER, env),
+        headers=headers,
+        traces_exporter=_exporter(exporter, OTEL_TRACES_EXPORTER, env, _TRACE_EXPORTERS, problems),
+        metrics_exporter=_exporter(exporter, OTEL_METRICS_EXPORTER, env, _METRIC_EXPORTERS, problems),
+        logs_exporter=_exporter(exporter, OTEL_LOGS_EXPORTER, env, _EXPORTERS, problems),
         prometheus_host=_env(OTEL_EXPORTER_PROMETHEUS_HOST, env) or "127.0.0.1",
-        prometheus_port=int(port_raw),
+        prometheus_port=port,
         sample_rate=float(sample_rate) if sample_rate is not None else None,
-        gpu=_bool_setting("gpu", gpu, OTEL_VISION_GPU, env, True),
+        sampler=sampler,
+        sampler_arg=sampler_arg,
+        endpoints=endpoints,
+        endpoint_sources=sources,
+        timeouts=_timeouts(env, problems),
+        gpu=_bool_setting("gpu", gpu, OTEL_VISION_GPU, env, True, problems),
         gpu_sample_interval=_seconds_setting(
-            "gpu_sample_interval", gpu_sample_interval, OTEL_VISION_GPU_SAMPLE_INTERVAL, env, 1.0, 0.05
+            "gpu_sample_interval", gpu_sample_interval, OTEL_VISION_GPU_SAMPLE_INTERVAL, env, 1.0, 0.05, problems
         ),
-        gpu_history=_seconds_setting("gpu_history", gpu_history, OTEL_VISION_GPU_HISTORY, env, 300.0, 1.0),
-        gpu_peak_memory=_bool_setting("gpu_peak_memory", gpu_peak_memory, OTEL_VISION_GPU_PEAK_MEMORY, env, True),
-        logs=_bool_setting("logs", logs, OTEL_VISION_LOGS, env, True),
-        log_level=_log_level(log_level, env),
-        nvtx=_bool_setting("nvtx", nvtx, OTEL_VISION_NVTX, env, False),
-        disabled=False if disabled_raw is None else _parse_bool(OTEL_SDK_DISABLED, disabled_raw),
+        gpu_history=_seconds_setting("gpu_history", gpu_history, OTEL_VISION_GPU_HISTORY, env, 300.0, 1.0, problems),
+        gpu_peak_memory=_bool_setting(
+            "gpu_peak_memory", gpu_peak_memory, OTEL_VISION_GPU_PEAK_MEMORY, env, True, problems
+        ),
+        logs=_bool_setting("logs", logs, OTEL_VISION_LOGS, env, True, problems),
+        log_level=_log_level(log_level, env, problems),
+        nvtx=_bool_setting("nvtx", nvtx, OTEL_VISION_NVTX, env, False, problems),
+        disabled=disabled,
+        problems=tuple(problems.messages),
+        invalid_variables=tuple(problems.names),
     )
+    if warn:
+        for message in settings.problems:
+            logger.warning("otel_vision: %s", message)
+    return settings
+
+
+def check_extensions(span_processors: object, metric_readers: object) -> None:
+    """Raise ``TypeError`` when ``additional_span_processors`` or ``additional_metric_readers`` hold anything but
+    span processors and metric readers, before anything is built (the SDK would fail later, on the first span)."""
+    from opentelemetry.sdk.metrics.export import MetricReader
+
+    def items(name: str, value: object, what: str) -> Sequence[Any]:
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise TypeError(f"{name} must be a list of {what}, got {type(value).__name__} {value!r}")
+        return value
+
+    for index, processor in enumerate(items("additional_span_processors", span_processors, "span processors")):
+        missing = [
+            m for m in ("on_start", "on_end", "shutdown", "force_flush") if not callable(getattr(processor, m, None))
+        ]
+        if missing:
+            raise TypeError(
+                f"additional_span_processors[{index}]={processor!r} is not a span processor (no {', '.join(missing)}):"
+                " pass e.g. opentelemetry.sdk.trace.export.BatchSpanProcessor(exporter)"
+            )
+    for index, reader in enumerate(items("additional_metric_readers", metric_readers, "metric readers")):
+        if not isinstance(reader, MetricReader):
+            raise TypeError(
+                f"additional_metric_readers[{index}]={reader!r} is not an opentelemetry.sdk.metrics.export."
+                "MetricReader: pass e.g. PeriodicExportingMetricReader(exporter)"
+            )
+
+
+@contextmanager
+def hidden_invalid_variables(settings: Settings) -> Iterator[None]:
+    """Keep the invalid variables of ``settings`` out of ``os.environ`` while the SDK objects are built.
+
+    The SDK's exporters and tracer provider read some variables themselves, and some of them fail on a bad value
+    (a per-signal gRPC timeout of ``ten`` raises deep inside the exporter). Our validated values are passed to them
+    explicitly; hiding the invalid originals makes them behave exactly as unset, as the specification asks.
+    """
+    saved = {name: os.environ.pop(name) for name in settings.invalid_variables if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def resolve_capture_prompts(arg: bool | None, environ: Mapping[str, str]) -> bool:
     """Prompt capture: the ``capture_prompts`` argument, else ``OTEL_VISION_CAPTURE_PROMPTS``, else off."""
-    return _bool_setting("capture_prompts", arg, OTEL_VISION_CAPTURE_PROMPTS, environ, False)
+    problems = _Problems()
+    value = _bool_setting("capture_prompts", arg, OTEL_VISION_CAPTURE_PROMPTS, environ, False, problems)
+    for message in problems.messages:
+        logger.warning("otel_vision: %s", message)
+    return value
+
+
+def resolve_denoise_steps(arg: str | None, environ: Mapping[str, str]) -> str:
+    """Per-step diffusion telemetry: the ``denoise_steps`` argument (a bad one raises), else
+    ``OTEL_VISION_DENOISE_STEPS`` (a bad one is a warning, and the default), else ``spans``."""
+    allowed = ("spans", "events", "off")
+    if arg is not None:
+        if not isinstance(arg, str) or arg.strip().lower() not in allowed:
+            error = TypeError if not isinstance(arg, str) else ValueError
+            raise error(f"denoise_steps={arg!r} is not supported: use one of {', '.join(repr(v) for v in allowed)}")
+        return arg.strip().lower()
+    raw = _env(OTEL_VISION_DENOISE_STEPS, environ)
+    if raw is None:
+        return "spans"
+    if raw.lower() not in allowed:
+        problems = _Problems()
+        problems.add(OTEL_VISION_DENOISE_STEPS, raw, f"use one of {', '.join(allowed)}", "spans")
+        for message in problems.messages:
+            logger.warning("otel_vision: %s", message)
+        return "spans"
+    return raw.lower()

@@ -5,19 +5,16 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import socket
 import sys
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from otel_vision import _config
 from otel_vision._version import __version__
 from otel_vision.gpu import GpuUnavailable, PynvmlBackend
 
 OPTIONAL = ("torch", "torchvision", "ultralytics", "diffusers", "transformers", "opentelemetry-instrumentation")
-_DEFAULT_ENDPOINT = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
-_SIGNAL_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs"}
 
 
 def _version(dist: str) -> str | None:
@@ -72,35 +69,129 @@ def _torch() -> dict[str, Any]:
     return info
 
 
-def _endpoint(settings: _config.Settings, environ: Mapping[str, str], signal: str) -> tuple[str, str]:
-    """The endpoint the exporter of one signal will use, and where that value came from."""
-    if settings.endpoint is not None:
-        base = settings.endpoint.rstrip("/")
-        return (base + _SIGNAL_PATHS[signal] if settings.protocol == "http/protobuf" else base), "argument"
-    specific = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    if specific:
-        return specific, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
-    generic = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    base, source = (
-        (generic, "OTEL_EXPORTER_OTLP_ENDPOINT") if generic else (_DEFAULT_ENDPOINT[settings.protocol], "default")
+_GRPC_SERVICES: dict[str, tuple[str, str, str]] = {
+    # signal: (module with the request message, request class, full gRPC method)
+    "traces": (
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+        "ExportTraceServiceRequest",
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    ),
+    "metrics": (
+        "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
+        "ExportMetricsServiceRequest",
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    ),
+    "logs": (
+        "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+        "ExportLogsServiceRequest",
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    ),
+}
+
+
+def _headers(settings: _config.Settings, environ: Mapping[str, str], signal: str) -> dict[str, str]:
+    """The headers the exporter of ``signal`` sends (values are credentials: used, never shown)."""
+    from opentelemetry.util.re import parse_env_headers
+
+    raw = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
+    headers = {k.lower(): v for k, v in parse_env_headers(raw, liberal=True).items()}
+    headers.update({k.lower(): v for k, v in (settings.headers or {}).items()})
+    return headers
+
+
+def _probe_grpc(url: str, signal: str, headers: Mapping[str, str], timeout: float) -> tuple[bool, str]:
+    import importlib
+
+    import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
+
+    module, request_class, method = _GRPC_SERVICES[signal]
+    request_type = getattr(importlib.import_module(module), request_class)
+    parts = urlsplit(url)
+    target = parts.netloc.rsplit("@", 1)[-1]
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        if parts.scheme == "https"
+        else grpc.insecure_channel(target)
     )
-    base = base.rstrip("/")
-    return (base + _SIGNAL_PATHS[signal] if settings.protocol == "http/protobuf" else base), source
-
-
-def _reachable(url: str, timeout: float = 2.0) -> str:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return f"yes ({host}:{port} accepts connections)"
-    except OSError as exc:
-        return f"no ({host}:{port}: {exc.strerror or exc})"
+        call = channel.unary_unary(
+            method, request_serializer=request_type.SerializeToString, response_deserializer=lambda b: b
+        )
+        call(request_type(), timeout=timeout, metadata=tuple(headers.items()))
+        return True, "yes (an empty OTLP/gRPC export was accepted)"
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        name = code.name if code is not None else "error"
+        if name == "UNIMPLEMENTED":
+            return False, f"no ({target} answers gRPC but has no OTLP {signal} service: UNIMPLEMENTED)"
+        if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return False, f"no (the collector answered but refused the credentials: {name})"
+        if name == "DEADLINE_EXCEEDED":
+            return False, f"no ({target} did not answer within {timeout:g} s)"
+        if name == "UNAVAILABLE":
+            return False, f"no ({target} is unavailable: nothing listens, or it does not speak gRPC/TLS as configured)"
+        return False, f"no (gRPC {name})"
+    finally:
+        channel.close()
+
+
+def _probe_http(url: str, headers: Mapping[str, str], timeout: float) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
+    parts = urlsplit(url)
+    clean = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, parts.query, ""))
+    request = urllib.request.Request(
+        clean, data=b"", method="POST", headers={**headers, "Content-Type": "application/x-protobuf"}
+    )
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"no ({where}: {getattr(reason, 'strerror', None) or reason})"
+    if 200 <= status < 300:
+        return True, f"yes (an empty OTLP/HTTP export was accepted: HTTP {status})"
+    if status in (401, 403):
+        return False, f"no (the collector answered but refused the credentials: HTTP {status})"
+    if status in (404, 405):
+        return False, f"no ({where} answers HTTP {status} at {parts.path or '/'}: not an OTLP receiver there)"
+    return False, f"no (HTTP {status} to an empty OTLP export)"
+
+
+def _reachable(
+    settings: _config.Settings, environ: Mapping[str, str], signal: _config.Signal, timeout: float = 2.0
+) -> tuple[bool, str]:
+    """Whether the endpoint of ``signal`` accepts an (empty) OTLP export: a real protocol exchange, not a connect."""
+    url = settings.endpoint_for(signal)
+    headers = _headers(settings, environ, signal)
+    try:
+        if settings.protocol == "grpc":
+            return _probe_grpc(url, signal, headers, timeout)
+        return _probe_http(url, headers, timeout)
+    except Exception as exc:  # doctor reports; it never crashes on what it probes
+        return False, f"no ({type(exc).__name__})"
+
+
+def _gpu_state(report: Mapping[str, Any], gpu_on: bool) -> str:
+    if not gpu_on:
+        return "off (OTEL_VISION_GPU=false)"
+    nvml = report["gpu"]["nvml"]
+    cuda = bool(report["torch"].get("cuda_available"))
+    if nvml and cuda:
+        return "on: CUDA-event timing, allocator memory and NVML utilization"
+    if cuda:
+        return "partly: CUDA-event timing and allocator memory; no NVML, so no utilization or hw.gpu.* metrics"
+    if nvml:
+        return "partly: NVML metrics; torch has no CUDA device, so no per-span GPU time"
+    return "enabled but inactive here: no NVML and no CUDA device"
 
 
 def collect(environ: Mapping[str, str] | None = None, check_endpoint: bool = True) -> dict[str, Any]:
-    """Everything doctor reports, as data; ``config_error`` is set when the configuration is invalid."""
+    """Everything doctor reports, as data; ``problems`` lists what is wrong (invalid variables first)."""
     env = os.environ if environ is None else environ
     report: dict[str, Any] = {
         "otel_vision": __version__,
@@ -109,43 +200,47 @@ def collect(environ: Mapping[str, str] | None = None, check_endpoint: bool = Tru
         "gpu": _gpus(),
         "torch": _torch(),
         "optional": {name: _version(name) for name in OPTIONAL},
-        "config_error": None,
     }
-    try:
-        settings = _config.resolve(environ=env)
-    except ValueError as exc:
-        report["config_error"] = str(exc)
-        return report
+    settings = _config.resolve(environ=env, warn=False)
+    report["invalid"] = list(settings.problems)
     exporters = {
         "traces": settings.traces_exporter,
         "metrics": settings.metrics_exporter,
         "logs": settings.logs_exporter,
     }
+    sampler = settings.sampler + (f" ({settings.sampler_arg:g})" if settings.sampler.endswith("traceidratio") else "")
     config: dict[str, Any] = {
         "disabled": settings.disabled,
         "protocol": settings.protocol,
         "exporters": exporters,
         "service_name": env.get("OTEL_SERVICE_NAME") or "(SDK default: unknown_service:python)",
         "resource_attributes": env.get("OTEL_RESOURCE_ATTRIBUTES", ""),
-        "sampler": env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on (default)"),
-        "sampler_arg": env.get("OTEL_TRACES_SAMPLER_ARG"),
+        "sampler": sampler,
         # Header values are credentials: show the names only.
-        "header_names": sorted(
-            h.split("=", 1)[0].strip() for h in env.get("OTEL_EXPORTER_OTLP_HEADERS", "").split(",") if "=" in h
-        ),
+        "header_names": sorted(_headers(settings, env, "traces")),
         "gpu_telemetry": settings.gpu,
+        "gpu_state": _gpu_state(report, settings.gpu),
         "gpu_sample_interval_s": settings.gpu_sample_interval,
         "logs": settings.logs,
         "endpoints": {},
     }
+    unreachable = []
     for signal, kind in exporters.items():
         if kind == "otlp":
-            url, source = _endpoint(settings, env, signal)
-            entry = {"url": url, "source": source}
-            if check_endpoint:
-                entry["reachable"] = _reachable(url)
+            sig: _config.Signal = signal  # type: ignore[assignment]  # the keys above are the three signals
+            entry: dict[str, Any] = {
+                "url": _config.redact_endpoint(settings.endpoint_for(sig)),
+                "source": settings.endpoint_sources.get(sig, "default"),
+                "timeout_s": settings.timeout_for(sig),
+            }
+            if check_endpoint and not settings.disabled:
+                ok, said = _reachable(settings, env, sig)
+                entry["reachable"] = said
+                if not ok:
+                    unreachable.append(f"{signal} endpoint {entry['url']}: {said}")
             config["endpoints"][signal] = entry
     report["config"] = config
+    report["problems"] = report["invalid"] + unreachable
     return report
 
 
@@ -182,9 +277,6 @@ def render(report: Mapping[str, Any]) -> str:
     for name, version in report["optional"].items():
         lines.append(f"  {name:<32} {version or 'not installed'}")
     lines += ["", "configuration"]
-    if report["config_error"]:
-        lines.append(f"  INVALID: {report['config_error']}")
-        return "\n".join(lines)
     config = report["config"]
     if config["disabled"]:
         lines.append("  OTEL_SDK_DISABLED=true: otel_vision records nothing")
@@ -193,23 +285,26 @@ def render(report: Mapping[str, Any]) -> str:
     lines.append(f"  service.name         {config['service_name']}")
     if config["resource_attributes"]:
         lines.append(f"  resource attributes  {config['resource_attributes']}")
-    sampler = config["sampler"] + (f" ({config['sampler_arg']})" if config["sampler_arg"] else "")
-    lines.append(f"  sampler              {sampler}")
+    lines.append(f"  sampler              {config['sampler']}")
     if config["header_names"]:
         lines.append(f"  headers              {', '.join(config['header_names'])} (values hidden)")
-    gpu_state = "on" if config["gpu_telemetry"] else "off"
-    lines.append(f"  GPU telemetry        {gpu_state}, every {config['gpu_sample_interval_s']} s")
+    lines.append(f"  GPU telemetry        {config['gpu_state']}")
     lines.append(f"  logs exported        {'yes' if config['logs'] else 'no'}")
     for signal, entry in config["endpoints"].items():
-        reach = f"  reachable: {entry['reachable']}" if "reachable" in entry else ""
-        lines.append(f"  {signal:<7} endpoint     {entry['url']}  [{entry['source']}]{reach}")
+        lines.append(f"  {signal:<7} endpoint     {entry['url']}  [{entry['source']}]")
+        if "reachable" in entry:
+            lines.append(f"                       reachable: {entry['reachable']}")
+    lines += ["", "problems"]
+    lines += [f"  - {p}" for p in report["problems"]] or ["  none"]
     return "\n".join(lines)
 
 
-def main(as_json: bool = False) -> int:
-    """Print the report; exit status 2 only when the configuration itself is invalid."""
+def main(as_json: bool = False, check_endpoint: bool = True) -> int:
+    """Print the report; exit status 2 when a variable is invalid, 1 when an endpoint does not accept OTLP."""
     import json
 
-    report = collect()
+    report = collect(check_endpoint=check_endpoint)
     print(json.dumps(report, indent=2) if as_json else render(report), file=sys.stdout)
-    return 2 if report["config_error"] else 0
+    if report["invalid"]:
+        return 2
+    return 1 if report["problems"] else 0
