@@ -2,6 +2,7 @@
 
 - collector/sidecar/otelcol.yaml -> the Operator's OpenTelemetryCollector (spec.config) and the plain ConfigMap;
 - collector/sidecar/prometheus-remote-write.yaml -> the plain ConfigMap (for the remote-write fallback);
+- collector/{sidecar,gateway}/export-authorization.yaml -> the plain and gateway ConfigMaps (optional second config);
 - collector/gateway/otelcol.yaml -> the gateway ConfigMap and the Helm values (alternateConfig);
 - the sha256 of each ConfigMap's sources -> the ``checksum/config`` pod annotation of the Deployment mounting it,
   so that `kubectl apply` rolls the pods when the configuration changes.
@@ -27,16 +28,18 @@ ROOT = COLLECTOR.parent
 SIDECAR = "collector/sidecar/otelcol.yaml"
 REMOTE_WRITE = "collector/sidecar/prometheus-remote-write.yaml"
 GATEWAY = "collector/gateway/otelcol.yaml"
+SIDECAR_AUTHORIZATION = "collector/sidecar/export-authorization.yaml"
+GATEWAY_AUTHORIZATION = "collector/gateway/export-authorization.yaml"
 
 EMBEDDED: dict[str, tuple[str, ...]] = {
     "collector/k8s/operator/opentelemetrycollector.yaml": (SIDECAR,),
-    "collector/k8s/plain/configmap.yaml": (SIDECAR, REMOTE_WRITE),
-    "collector/k8s/gateway/configmap.yaml": (GATEWAY,),
+    "collector/k8s/plain/configmap.yaml": (SIDECAR, REMOTE_WRITE, SIDECAR_AUTHORIZATION),
+    "collector/k8s/gateway/configmap.yaml": (GATEWAY, GATEWAY_AUTHORIZATION),
     "collector/gateway/helm-values.yaml": (GATEWAY,),
 }
 CHECKSUMS: dict[str, tuple[str, ...]] = {
-    "collector/k8s/plain/deployment.yaml": (SIDECAR, REMOTE_WRITE),
-    "collector/k8s/gateway/deployment.yaml": (GATEWAY,),
+    "collector/k8s/plain/deployment.yaml": (SIDECAR, REMOTE_WRITE, SIDECAR_AUTHORIZATION),
+    "collector/k8s/gateway/deployment.yaml": (GATEWAY, GATEWAY_AUTHORIZATION),
 }
 _CHECKSUM = re.compile(r'^(?P<indent>\s*)checksum/config: "sha256:[0-9a-f]*"$', re.MULTILINE)
 

@@ -146,7 +146,11 @@ def test_sidecar_derives_span_metrics_and_fans_out_every_signal() -> None:
     for name, exporter in config["exporters"].items():
         if name.startswith("otlp_http"):
             assert "batch" in exporter["sending_queue"], name
-    assert "Authorization" in config["exporters"]["load_balancing"]["protocol"]["otlp"]["headers"]
+    balancer = config["exporters"]["load_balancing"]
+    # One queue on the balancer (data for a vanished gateway pod is routed again), none per backend.
+    assert balancer["sending_queue"]["enabled"] is True and "batch" in balancer["sending_queue"]
+    assert balancer["protocol"]["otlp"]["sending_queue"] == {"enabled": False}
+    assert balancer["protocol"]["otlp"]["retry_on_failure"] == {"enabled": False}
 
 
 def test_gateway_tail_samples_errors_slow_requests_and_a_baseline() -> None:
@@ -157,6 +161,9 @@ def test_gateway_tail_samples_errors_slow_requests_and_a_baseline() -> None:
     assert checker.expand_defaults(str(policies["latency"]["latency"]["threshold_ms"])) == "3000"
     assert checker.expand_defaults(str(policies["probabilistic"]["probabilistic"]["sampling_percentage"])) == "10"
     assert config["service"]["pipelines"]["traces"]["processors"] == ["memory_limiter", "tail_sampling"]
+    sampling = config["processors"]["tail_sampling"]
+    for cache in ("sampled_cache_size", "non_sampled_cache_size"):
+        assert sampling["decision_cache"][cache] >= 10 * sampling["num_traces"], cache
     assert checker.expand_defaults(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]) == "<MY_POD_IP>:4317"
 
 
