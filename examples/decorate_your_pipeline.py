@@ -1,6 +1,6 @@
 """Decorate your own pipeline with `otel_vision.stage()`: one trace per request, a span per stage.
 
-    python examples/decorate_your_pipeline.py                 # prints spans to the console
+    python examples/decorate_your_pipeline.py                 # draws each trace in the terminal
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 python examples/decorate_your_pipeline.py
 
 Works on CPU and CUDA (GPU time and memory appear on the spans when CUDA is used).
@@ -49,7 +49,8 @@ def postprocess(logits: torch.Tensor) -> int:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "console"
+    # No collector configured: draw each trace in the terminal (stderr). With an endpoint: export over OTLP.
+    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "waterfall"
     otel_vision.configure(service_name="decorated-pipeline", exporter=exporter)
     for index, frame in enumerate(load_frames(3)):
         with otel_vision.request("classify", attributes={"vision.model.name": "toy-cnn", "frame.index": index}):

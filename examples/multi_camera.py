@@ -48,7 +48,8 @@ def main() -> None:
     import cv2
     from ultralytics import YOLO
 
-    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "console"
+    # No collector configured: draw each trace in the terminal (stderr). With an endpoint: export over OTLP.
+    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "waterfall"
     otel_vision.configure(service_name="multi-camera", exporter=exporter)
     model = YOLO(args.weights)
     otel_vision.instrument_ultralytics(model)

@@ -18,7 +18,6 @@ import torch
 import torchvision
 
 import otel_vision
-from otel_vision._console import render_waterfall
 
 log = logging.getLogger("example.classifier")
 
@@ -31,13 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
 
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
-    otel_vision.configure(service_name="resnet-classifier", exporter=exporter, additional_span_processors=[
-        SimpleSpanProcessor(memory)])  # fmt: skip
+    # No collector configured: draw each trace in the terminal (stderr). With an endpoint: export over OTLP.
+    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "waterfall"
+    otel_vision.configure(service_name="resnet-classifier", exporter=exporter)
 
     model = torchvision.models.resnet18(weights=None).eval().to(args.device)
     otel_vision.instrument_module(model, name="resnet18", submodules=["layer4", "fc"])
@@ -61,7 +56,6 @@ def main() -> None:
             labels = postprocess(model(preprocess(frames)))
             log.info("request %d: classes %s", index, labels)
     otel_vision.shutdown()
-    print(render_waterfall(memory.get_finished_spans()))
 
 
 if __name__ == "__main__":

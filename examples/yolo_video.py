@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import otel_vision
-from otel_vision._console import render_summary
 
 
 def sample_video(directory: Path, frames: int = 12) -> Path:
@@ -40,14 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "1")
 
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from ultralytics import YOLO
 
-    memory = InMemorySpanExporter()
-    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
-    otel_vision.configure(service_name="yolo-video", exporter=exporter, additional_span_processors=[
-        SimpleSpanProcessor(memory)])  # fmt: skip
+    # No collector configured: draw each trace in the terminal (stderr). With an endpoint: export over OTLP.
+    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "waterfall"
+    otel_vision.configure(service_name="yolo-video", exporter=exporter)
     otel_vision.instrument_ultralytics()
     model = YOLO(args.weights)
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,8 +52,7 @@ def main() -> None:
         for result in model.predict(source, batch=args.batch, imgsz=args.imgsz, stream=True, verbose=False):
             detections += len(result.boxes) if result.boxes is not None else 0
     otel_vision.shutdown()
-    print(f"{detections} detections; spans per stage:")
-    print(render_summary(memory.get_finished_spans()))
+    print(f"{detections} detections")
 
 
 if __name__ == "__main__":
