@@ -309,6 +309,8 @@ class Sender:
         self._destination = destination
         self._count = count
         self._stop = threading.Event()
+        self.written_off = False
+        """Set when a shutdown gave up on the batch in flight and counted it already."""
         self._failing_since: float | None = None
         self._warned = False
         self._pid = os.getpid()
@@ -330,6 +332,8 @@ class Sender:
                     ok = False
                     _capture.reason = redact(f"{type(exc).__name__}: {exc}")
                 reason = captured.reason
+            if self.written_off:
+                return ok
             if ok:
                 self._accounting.delivered(self.signal, count)
                 self._recovered()
@@ -338,7 +342,8 @@ class Sender:
             wait = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)] * random.uniform(0.8, 1.2)
             attempt += 1
             if self._stop.is_set() or time.monotonic() + wait >= deadline or self._stop.wait(wait):
-                self._accounting.failed(self.signal, count, classify(reason))
+                if not self.written_off:
+                    self._accounting.failed(self.signal, count, classify(reason))
                 return False
 
     def _failing(self, reason: str | None) -> None:
@@ -413,6 +418,7 @@ class BatchQueue(Generic[Item]):
         """``_lost`` when the last completed flush settled everything it waited for."""
         self._flush_requests = 0
         self._flushes_seen = 0
+        self._in_flight = 0
         self._stopping = False
         self._deadline: float | None = None
         self.shutdown_deadline: float | None = None
@@ -516,6 +522,14 @@ class BatchQueue(Generic[Item]):
                 self._settle_dropped(left, "shutdown")
             self._cond.notify_all()
         self._sender.abort()
+        self._thread.join(0.05)
+        with self._cond:
+            if self._in_flight and not self._sender.written_off:
+                # The export in flight does not answer (a collector that hangs): count it lost now, so the summary
+                # is complete; its thread is a daemon and ends with its own timeout.
+                self._sender.written_off = True
+                self._settle_dropped(self._in_flight, "shutdown")
+                self._in_flight = 0
 
     # --- the export thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -528,6 +542,9 @@ class BatchQueue(Generic[Item]):
                 deadline = min(deadline, self._deadline)
             ok = self._sender.send(batch, deadline)
             with self._cond:
+                if self._sender.written_off:
+                    return
+                self._in_flight = 0
                 self._done += len(batch)
                 if not ok:
                     self._lost += len(batch)
@@ -557,6 +574,7 @@ class BatchQueue(Generic[Item]):
                     break
                 batch.append(self._queue.popleft())
                 size += item_size
+            self._in_flight = len(batch)
             return batch
 
 

@@ -58,17 +58,25 @@ class Rotel:
     By default it drops what it receives (``--exporter blackhole``); ``extra`` replaces that, e.g. to forward OTLP.
     """
 
-    def __init__(self, workdir: Path, name: str = "rotel", extra: Sequence[str] = ("--exporter", "blackhole")) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "rotel",
+        extra: Sequence[str] = ("--exporter", "blackhole"),
+        *,
+        verbosity: str = "detailed",
+        ports: tuple[int, int] | None = None,
+    ) -> None:
         rotel = pytest.importorskip("rotel", reason="rotel is not installed (a dev dependency)")
         binary = Path(rotel.__file__).parent / "rotel-agent"
-        self.grpc_port, self.http_port = _free_port(), _free_port()
+        self.grpc_port, self.http_port = ports if ports is not None else (_free_port(), _free_port())
         self.output = workdir / f"{name}.out"
         self._file = self.output.open("w")
         self.process = subprocess.Popen(
             [
                 str(binary), "start",
                 "--debug-log", "traces", "--debug-log", "metrics", "--debug-log", "logs",
-                "--debug-log-verbosity", "detailed",
+                "--debug-log-verbosity", verbosity,
                 "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
                 "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}",
                 "--pid-file", str(workdir / f"{name}.pid"), "--log-file", str(workdir / f"{name}.log"),
@@ -96,6 +104,10 @@ class Rotel:
                 return text
             time.sleep(0.2)
         raise AssertionError(f"rotel did not receive {needles}; it logged:\n{self.text()[-3000:]}")
+
+    def received(self, kind: str = "spans") -> int:
+        """With ``verbosity="basic"``: how many spans (``spans``, ``logs``, ``metrics``) rotel has received."""
+        return sum(int(n) for n in re.findall(rf"\b{kind}=(\d+)", self.text()))
 
     def stop(self) -> None:
         self.process.terminate()

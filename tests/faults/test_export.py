@@ -1,0 +1,238 @@
+"""The export path under a closed, black-holed, killed and restarted collector, and under bursts.
+
+Bounds are asserted on wall time and on what the real collector (rotel) received, with generous margins; the
+figures the issue asks for are 2 s flush, 3 s shutdown, 3 s exit, 3 s recovery.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.support import dead_endpoint, endpoint_env, run_program, started_program
+from tests.test_wire import Rotel, _wait_port
+
+pytestmark = pytest.mark.integration
+
+PROTOCOLS = ["grpc", "http/protobuf"]
+
+BOUNDED = """
+import json, logging, time, otel_vision
+logging.basicConfig(level=logging.INFO)
+handle = otel_vision.configure(service_name="fault", gpu=False)
+start = time.monotonic()
+for i in range(300):
+    with otel_vision.stage("work"):
+        if i % 100 == 0:
+            logging.getLogger("app").info("item %d", i)
+work = time.monotonic() - start
+start = time.monotonic()
+flushed = handle.force_flush(timeout_millis=2000)
+flush = time.monotonic() - start
+start = time.monotonic()
+handle.shutdown(timeout=3)
+print(json.dumps({"work": work, "flush": flush, "flushed": flushed, "shutdown": time.monotonic() - start}))
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("kind", ["closed", "blackhole"])
+def test_flush_and_shutdown_are_bounded_and_honest(kind: str, protocol: str) -> None:
+    """force_flush(2 s) returns False within 2.5 s, shutdown(3 s) within 3.5 s; stderr: one line per signal that
+    failed and one summary, none of the SDK's per-attempt lines."""
+    with dead_endpoint(kind) as port:
+        result = run_program(BOUNDED, endpoint_env(protocol, port), timeout=60)
+    assert result.returncode == 0, result.stderr
+    figures = result.last_json()
+    assert figures["flushed"] is False
+    assert figures["work"] < 1.0, figures
+    assert figures["flush"] < 2.5, figures
+    assert figures["shutdown"] < 3.5, figures
+
+    ours = [line for line in result.stderr.splitlines() if line.startswith("WARNING:otel_vision:")]
+    failures = [line for line in ours if "cannot export" in line]
+    assert {("traces" in f, "metrics" in f, "logs" in f).index(True) for f in failures} <= {0, 1, 2}
+    # A collector that hangs makes no attempt fail within the test: then only the summary speaks.
+    assert len(failures) <= 3 and (failures or kind == "blackhole"), result.stderr
+    summary = [line for line in ours if "not delivered" in line]
+    assert len(summary) == 1 and "300 spans" in summary[0], result.stderr
+    assert "opentelemetry" not in result.stderr.replace("otel_vision", ""), result.stderr
+    assert len(result.stderr.splitlines()) <= 3 + len(failures) + 1, result.stderr
+
+
+EXIT_WITHOUT_SHUTDOWN = """
+import time, otel_vision
+otel_vision.configure(service_name="exit", gpu=False)
+for _ in range(50):
+    with otel_vision.stage("work"):
+        pass
+print(time.time(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("kind", ["closed", "blackhole"])
+def test_program_exits_promptly_without_shutdown(kind: str, protocol: str) -> None:
+    """A program that never calls shutdown() ends within the exit bound (default 2 s, documented at most 3 s)
+    after its last line, whatever the collector does."""
+    with dead_endpoint(kind) as port:
+        result = run_program(EXIT_WITHOUT_SHUTDOWN, endpoint_env(protocol, port), timeout=60)
+    assert result.returncode == 0, result.stderr
+    last_line = float(result.stdout.strip().splitlines()[-1])
+    assert result.ended - last_line < 3.5, result.ended - last_line
+
+
+def test_exit_bound_is_configurable() -> None:
+    """OTEL_VISION_EXIT_TIMEOUT=0.2 makes a program with a hung collector exit almost at once."""
+    with dead_endpoint("blackhole") as port:
+        result = run_program(
+            EXIT_WITHOUT_SHUTDOWN, endpoint_env("grpc", port, OTEL_VISION_EXIT_TIMEOUT="0.2"), timeout=60
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.ended - float(result.stdout.strip().splitlines()[-1]) < 1.5
+
+
+def test_flush_is_true_when_everything_arrived(tmp_path: Path) -> None:
+    """With a live collector force_flush() returns True and the collector has every span."""
+    rotel = Rotel(tmp_path, verbosity="basic")
+    try:
+        result = run_program(
+            BOUNDED.replace("shutdown(timeout=3)", "shutdown(timeout=10)"), endpoint_env("grpc", rotel.grpc_port)
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.last_json()["flushed"] is True
+        assert rotel.received("spans") == 300
+        assert "not delivered" not in result.stderr and "cannot export" not in result.stderr
+    finally:
+        rotel.stop()
+
+
+STEADY = """
+import time, otel_vision
+otel_vision.configure(service_name="steady", gpu=False)
+end = time.monotonic() + 40
+while time.monotonic() < end:
+    with otel_vision.stage("tick"):
+        pass
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_spans_flow_again_within_3s_of_a_collector_restart(tmp_path: Path, protocol: str) -> None:
+    """Kill the collector for 5 s while spans keep coming; after it is back on the same port, spans arrive again
+    within 3 s (the issue's bound), counted from when the port accepts connections again."""
+    first = Rotel(tmp_path, "first", verbosity="basic")
+    ports = (first.grpc_port, first.http_port)
+    port = ports[0] if protocol == "grpc" else ports[1]
+    second = None
+    try:
+        with started_program(STEADY, endpoint_env(protocol, port), tmp_path):
+            deadline = time.monotonic() + 20
+            while first.received("spans") == 0:
+                assert time.monotonic() < deadline, "no span before the outage"
+                time.sleep(0.1)
+            first.stop()
+            time.sleep(5)
+            second = Rotel(tmp_path, "second", verbosity="basic", ports=ports)
+            _wait_port(port)
+            back = time.monotonic()
+            while second.received("spans") == 0:
+                assert time.monotonic() - back < 10, "no span within 10 s of the restart"
+                time.sleep(0.05)
+            recovery = time.monotonic() - back
+        assert recovery < 3.0, recovery
+    finally:
+        if second is not None:
+            second.stop()
+        if first.process.poll() is None:
+            first.stop()
+
+
+BURST = """
+import asyncio, json, threading, otel_vision
+handle = otel_vision.configure(service_name="burst", gpu=False)
+
+def worker():
+    for _ in range(300):
+        with otel_vision.request("frame"):
+            with otel_vision.stage("preprocess"):
+                pass
+            with otel_vision.stage("inference"):
+                pass
+
+async def task():
+    for _ in range(10):
+        with otel_vision.request("edit"):
+            with otel_vision.stage("denoise"):
+                await asyncio.sleep(0)
+            with otel_vision.stage("decode"):
+                pass
+
+async def tasks():
+    await asyncio.gather(*(task() for _ in range(200)))
+
+threads = [threading.Thread(target=worker) for _ in range(16)]
+for t in threads:
+    t.start()
+asyncio.run(tasks())
+for t in threads:
+    t.join()
+ok = handle.force_flush(timeout_millis=60000)
+stats = handle.delivery()["traces"]
+handle.shutdown(timeout=10)
+print(json.dumps({"flushed": ok, "delivered": stats.delivered, "lost": stats.lost}))
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_burst_of_threads_and_tasks_loses_nothing(tmp_path: Path, protocol: str) -> None:
+    """16 threads and 200 asyncio tasks of nested stages (20,400 spans in about a second) all reach the collector
+    with the default queue."""
+    rotel = Rotel(tmp_path, verbosity="basic")
+    try:
+        port = rotel.grpc_port if protocol == "grpc" else rotel.http_port
+        result = run_program(BURST, endpoint_env(protocol, port), timeout=180)
+        assert result.returncode == 0, result.stderr
+        figures = result.last_json()
+        expected = 16 * 300 * 3 + 200 * 10 * 3
+        assert figures == {"flushed": True, "delivered": expected, "lost": 0}
+        deadline = time.monotonic() + 20
+        while rotel.received("spans") < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rotel.received("spans") == expected
+    finally:
+        rotel.stop()
+
+
+HUGE_MESSAGES = """
+import json, otel_vision
+handle = otel_vision.configure(service_name="huge", gpu=False)
+message = "x" * 5_000_000
+for i in range(1001):
+    try:
+        with otel_vision.stage("fails"):
+            raise ValueError(message if i % 2 == 0 else "small")
+    except ValueError:
+        pass
+ok = handle.force_flush(timeout_millis=60000)
+handle.shutdown(timeout=10)
+print(json.dumps({"flushed": ok}))
+"""
+
+
+def test_multi_megabyte_exception_messages_do_not_lose_spans(tmp_path: Path) -> None:
+    """1,001 failing stages, half with a 5 MB message, over gRPC to a collector with the usual 4 MiB limit: every
+    span arrives (messages and status descriptions are capped, batches are cut below 4 MiB)."""
+    rotel = Rotel(
+        tmp_path, verbosity="basic", extra=("--exporter", "blackhole", "--otlp-grpc-max-recv-msg-size-mib", "4")
+    )
+    try:
+        result = run_program(HUGE_MESSAGES, endpoint_env("grpc", rotel.grpc_port), timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert result.last_json() == {"flushed": True}
+        assert rotel.received("spans") == 1001
+    finally:
+        rotel.stop()
