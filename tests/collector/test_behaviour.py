@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.collector.support import (
     collector_tool,
     load_yaml,
     load_yaml_documents,
+    require_tool,
 )
 
 checker = collector_tool("check_collector_config")
@@ -390,3 +392,29 @@ def test_docker_validation_covers_every_configuration_with_the_pinned_image(
     assert any(
         "--config=/conf/sidecar/otelcol.yaml --config=/conf/sidecar/prometheus-remote-write.yaml" in c for c in calls
     )
+
+
+# --- 9. kube-prometheus-stack's dashboard sidecar finds the generated ConfigMap -----------------------------------
+def sidecar_loads(configmap: Mapping[str, Any]) -> bool:
+    """kube-prometheus-stack's Grafana sidecar (default label grafana_dashboard, value "1") loads this ConfigMap."""
+    return (
+        configmap.get("kind") == "ConfigMap" and configmap["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    )
+
+
+def test_kustomization_ships_the_dashboards_to_the_grafana_sidecar() -> None:
+    rendered = subprocess.run(
+        [require_tool("kubectl"), "kustomize", str(COLLECTOR / "grafana")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    (configmap,) = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert sidecar_loads(configmap)
+    assert {name: text for name, text in configmap["data"].items()} == {
+        path.name: path.read_text() for path in sorted(DASHBOARDS.glob("*.json"))
+    }
+    broken = copy.deepcopy(configmap)
+    broken["metadata"]["labels"]["grafana_dashboard"] = "true"
+    assert not sidecar_loads(broken)
