@@ -405,14 +405,19 @@ def _sampler(environ: Mapping[str, str], problems: _Problems) -> tuple[str, floa
     return name, arg
 
 
-def _check_mapping(name: str, value: object, example: str, values: tuple[type, ...], what: str) -> dict[str, Any]:
+def _check_mapping(
+    name: str, value: object, example: str, values: tuple[type, ...], what: str, secret: bool = False
+) -> dict[str, Any]:
+    """``value`` as a dict, or a ``TypeError`` naming ``name``; with ``secret`` the values are never shown."""
     if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a mapping such as {example}, got {type(value).__name__} {value!r}")
+        shown = "" if secret else f" {value!r}"
+        raise TypeError(f"{name} must be a mapping such as {example}, got {type(value).__name__}{shown}")
     for key, item in value.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"{name}: key {key!r} must be a non-empty string")
         if not isinstance(item, values):
-            raise TypeError(f"{name}[{key!r}]={item!r} must be {what}")
+            shown = f"of type {type(item).__name__}" if secret else repr(item)
+            raise TypeError(f"{name}[{key!r}] is {shown}: it must be {what}")
     return dict(value)
 
 
@@ -456,7 +461,7 @@ def resolve(
             raise ValueError(f"endpoint={redact_endpoint(endpoint)!r} {why}")
     if headers is not None:
         headers = _check_mapping(
-            "headers", headers, "{'authorization': 'Bearer <token>'}", (str,), "a string (the header value)"
+            "headers", headers, "{'authorization': 'Bearer <token>'}", (str,), "a string", secret=True
         )
     if sample_rate is not None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float):

@@ -147,9 +147,13 @@ class TestBadArguments:
             ({"service_name": 7}, TypeError, "service_name=7 must be a string"),
             ({"log_level": "verbose"}, ValueError, "log_level='verbose' is not a logging level"),
             ({"headers": "Authorization=Bearer x"}, TypeError, "headers must be a mapping such as {'authorization'"),
-            ({"headers": {"authorization": 5}}, TypeError, "headers['authorization']=5 must be a string"),
+            (
+                {"headers": {"authorization": 5}},
+                TypeError,
+                "headers['authorization'] is of type int: it must be a string",
+            ),
             ({"resource_attributes": ["a"]}, TypeError, "resource_attributes must be a mapping such as"),
-            ({"resource_attributes": {"k": object()}}, TypeError, "resource_attributes['k']="),
+            ({"resource_attributes": {"k": object()}}, TypeError, "resource_attributes['k'] is <object"),
         ],
     )
     def test_named_with_what_is_expected(self, kwargs: dict[str, object], error: type, expected: str) -> None:
@@ -157,6 +161,13 @@ class TestBadArguments:
         with pytest.raises(error) as caught:
             resolve(environ={}, **kwargs)  # type: ignore[arg-type]
         assert str(caught.value).startswith(expected), str(caught.value)
+
+    def test_header_values_not_in_the_error(self) -> None:
+        """A headers argument of the wrong shape is named without showing the credentials it carries."""
+        for headers in ("Authorization=Bearer s3cret", {"authorization": b"Bearer s3cret"}):
+            with pytest.raises(TypeError) as caught:
+                resolve(environ={}, headers=headers)  # type: ignore[arg-type]
+            assert "s3cret" not in str(caught.value) and "headers" in str(caught.value)
 
     def test_endpoint_secret_not_in_the_error(self) -> None:
         """An endpoint argument with a bad scheme is named without its user-info."""
