@@ -13,7 +13,12 @@ Importing this package is cheap: it imports neither torch, ultralytics nor diffu
 """
 
 from otel_vision._console import WaterfallSpanExporter, render_summary, render_waterfall
-from otel_vision._instrument import instrument_diffusers, instrument_ultralytics
+from otel_vision._instrument import (
+    instrument_diffusers,
+    instrument_ultralytics,
+    uninstrument_diffusers,
+    uninstrument_ultralytics,
+)
 from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import queue_wait, request, stage
 from otel_vision._version import __version__
@@ -33,5 +38,7 @@ __all__ = [
     "request",
     "shutdown",
     "stage",
+    "uninstrument_diffusers",
     "uninstrument_module",
+    "uninstrument_ultralytics",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,3 +209,88 @@ def test_nvtx_ranges_mirror_spans(monkeypatch: pytest.MonkeyPatch) -> None:
         ("start", "head"),
     ]
     assert sorted(r[1] for r in ranges if r[0] == "end") == [1, 3, 4]
+
+
+class Scriptable(torch.nn.Module):
+    """A module TorchScript can compile (Toy's default float argument is fine too; this one has a submodule path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU())
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class TestStaysWhatItWas:
+    """An instrumented module is saved, loaded, copied, scripted and traced exactly as an uninstrumented one."""
+
+    def test_torch_save_and_load(self, vision_telemetry: CapturedTelemetry, tmp_path: Any) -> None:
+        """torch.save(model) works; the loaded copy gives the same outputs and is traced on its own."""
+        model = Scriptable().eval()
+        otel_vision.instrument_module(model, name="toy", submodules=["head"])
+        x = torch.randn(2, 16)
+        path = tmp_path / "model.pt"
+        torch.save(model, path)
+        loaded = torch.load(path, weights_only=False)
+        assert torch.equal(loaded(x), model(x))
+        assert len(vision_telemetry.spans("inference")) == 2 and len(vision_telemetry.spans("head")) == 2
+        otel_vision.uninstrument_module(loaded)
+        assert _hooks(loaded) == 0 and _hooks(model) == 4
+        otel_vision.uninstrument_module(model)
+
+    def test_deepcopy_is_its_own_module(self, vision_telemetry: CapturedTelemetry) -> None:
+        """A deep copy is instrumented on its own terms: re-instrumenting or uninstrumenting it leaves the original."""
+        model = Scriptable().eval()
+        otel_vision.instrument_module(model, name="original")
+        twin = copy.deepcopy(model)
+        otel_vision.instrument_module(twin, name="twin")
+        x = torch.randn(1, 16)
+        twin(x)
+        assert [s.attributes["vision.model.name"] for s in vision_telemetry.spans("inference")] == ["twin"]
+        assert _hooks(twin) == 2
+        otel_vision.uninstrument_module(twin)
+        assert _hooks(twin) == 0 and _hooks(model) == 2
+        model(x)
+        assert [s.attributes["vision.model.name"] for s in vision_telemetry.spans("inference")] == ["twin", "original"]
+        otel_vision.uninstrument_module(model)
+
+    def test_pickle_round_trip(self, vision_telemetry: CapturedTelemetry) -> None:
+        """pickle.dumps of an instrumented module works and the result computes the same."""
+        model = Scriptable().eval()
+        otel_vision.instrument_module(model)
+        x = torch.randn(3, 16)
+        assert torch.equal(pickle.loads(pickle.dumps(model))(x), model(x))
+        otel_vision.uninstrument_module(model)
+
+    def test_torch_jit_script(self, vision_telemetry: CapturedTelemetry) -> None:
+        """torch.jit.script compiles an instrumented module (without our hooks) and leaves the module instrumented."""
+        model = Scriptable().eval()
+        plain = copy.deepcopy(model)
+        otel_vision.instrument_module(model, submodules=["backbone"])
+        scripted = torch.jit.script(model)
+        x = torch.randn(2, 16)
+        assert torch.equal(scripted(x), plain(x))
+        assert vision_telemetry.spans() == []  # the compiled module is not traced
+        model(x)
+        assert {s.name for s in vision_telemetry.spans()} == {"inference", "backbone"}
+        assert isinstance(model.backbone, torch.nn.Sequential)  # the user's module is untouched
+        otel_vision.uninstrument_module(model)
+
+    def test_torch_jit_trace_adds_no_warning(self, vision_telemetry: CapturedTelemetry) -> None:
+        """torch.jit.trace warns exactly as much on an instrumented module as on a plain one."""
+        x = torch.randn(2, 16)
+
+        def trace_warnings(model: Any) -> list[str]:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                traced = torch.jit.trace(model, x)
+            assert torch.equal(traced(x), model(x))
+            return [str(w.message) for w in caught]
+
+        plain = trace_warnings(Scriptable().eval())
+        model = Scriptable().eval()
+        otel_vision.instrument_module(model)
+        assert trace_warnings(model) == plain
+        otel_vision.uninstrument_module(model)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
+import pickle
 import shutil
 import threading
 from collections.abc import Iterator
@@ -232,9 +235,9 @@ class TestPredict:
         model.predict(BUS, channels_last=True, **FAST)
         assert model.predictor is not first
         assert len(vision_telemetry.spans("inference")) == 2 and len(vision_telemetry.spans("load")) == 2
-        # Our timing hooks live on each predictor's own methods, never on the user's YOLO module.
+        # Our timing wrappers live on the predictor classes, never on the user's YOLO module or predictor objects.
         assert not model.model._forward_hooks and not model.model._forward_pre_hooks
-        assert "inference" in model.predictor.__dict__
+        assert not set(model.predictor.__dict__) & {"preprocess", "inference", "postprocess"}
 
     def test_track_mode(self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry) -> None:
         """model.track() is one trace with operation track and a track span after postprocess in each batch."""
@@ -356,3 +359,123 @@ def test_zero_code_with_diffusers_missing(tmp_path: Path) -> None:
     assert "diffusers: missing" in result.stdout
     for name in ('"name": "predict"', '"name": "batch"', '"name": "inference"'):
         assert name in result.stdout, result.stdout[-3000:]
+
+
+class TestInvisible:
+    """What the user sees is what they would see without us: their loop's items, copies, other wrappers."""
+
+    def test_results_replaced_by_an_iterator(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """A callback that turns predictor.results into an iterator (as ultralytics' own tests do with zip) still
+        hands every item to the user's loop; the batch span ends, with its stage spans under it."""
+
+        def zip_results(predictor: Any) -> None:
+            predictor.results = zip(predictor.results, predictor.batch[1], strict=True)
+
+        model.add_callback("on_predict_batch_end", zip_results)
+        received = list(model.predict(BUS, stream=True, **FAST))
+        assert len(received) == 1 and len(received[0]) == 2
+        batch = vision_telemetry.span("batch")
+        assert batch.attributes["vision.summary.skipped"] is True
+        assert {s.name for s in _children(vision_telemetry, batch)} == {
+            "preprocess",
+            "warmup",
+            "inference",
+            "postprocess",
+        }
+
+    def test_every_span_ends_when_our_callback_fails(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If our batch summary breaks, the batch span still ends and its children keep their parent."""
+        from otel_vision.instrumentation.ultralytics import _predict
+
+        def broken(*args: Any) -> None:
+            raise KeyError("bug in otel_vision")
+
+        monkeypatch.setattr(_predict, "summarize_batch", broken)
+        model.predict(BUS, **FAST)
+        batch = vision_telemetry.span("batch")
+        assert batch.parent.span_id == vision_telemetry.span("predict").context.span_id
+        assert len(_children(vision_telemetry, batch)) == 4
+
+    def test_copied_predictor_uses_its_own_arguments(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """copy.copy(model.predictor) after an instrumented predict runs the copy's own methods and arguments."""
+        many = model.predict(BUS, conf=1e-4, **FAST)
+        assert len(many[0].boxes) > 1
+        twin = copy.copy(model.predictor)
+        twin.args = copy.copy(model.predictor.args)
+        twin.args.max_det = 1
+        (result,) = twin(BUS)
+        assert len(result.boxes) == 1
+
+    def test_model_copy_and_pickle(self, vision_telemetry: CapturedTelemetry) -> None:
+        """An instrumented model pickles and deep-copies as a plain one; the copy is not bound to the original."""
+        mine = YOLO("yolov8n.yaml")
+        otel_vision.instrument_ultralytics(mine)
+        try:
+            mine.predict(BUS, **FAST)
+            mine.predictor = None  # a predictor holds a lock: without us as with us, it cannot be pickled
+            twin = copy.deepcopy(mine)
+            restored = pickle.loads(pickle.dumps(mine))
+            vision_telemetry.clear()
+            for other in (twin, restored):
+                assert len(other.predict(BUS, **FAST)) == 1
+            assert vision_telemetry.spans() == []  # only `mine` was instrumented
+            mine.predict(BUS, **FAST)
+            assert len(vision_telemetry.spans("predict")) == 1
+        finally:
+            otel_vision.uninstrument_ultralytics()
+
+    @pytest.mark.parametrize("order", ["theirs_after_ours", "theirs_before_ours"])
+    def test_third_party_wrapper_of_predict(self, order: str, vision_telemetry: CapturedTelemetry) -> None:
+        """Another library's wrapper of Model.predict, installed after or before ours, and ours both run; after
+        uninstrument theirs still runs and ours is silent."""
+        from ultralytics.engine.model import Model
+
+        original = Model.__dict__["predict"]
+        seen: list[int] = []
+
+        def install() -> None:
+            raw = Model.__dict__["predict"]  # the raw class attribute, as many wrappers take it
+
+            @functools.wraps(raw)
+            def theirs(self: Any, *args: Any, **kwargs: Any) -> Any:
+                seen.append(1)
+                return raw(self, *args, **kwargs)
+
+            Model.predict = theirs  # type: ignore[method-assign]
+
+        try:
+            if order == "theirs_before_ours":
+                install()
+            otel_vision.instrument_ultralytics()
+            if order == "theirs_after_ours":
+                install()
+            model = YOLO("yolov8n.yaml")
+            assert len(model.predict(BUS, **FAST)) == 1
+            assert len(seen) == 1 and len(vision_telemetry.spans("predict")) == 1
+            otel_vision.uninstrument_ultralytics()
+            vision_telemetry.clear()
+            assert len(model.predict(BUS, **FAST)) == 1
+            assert len(seen) == 2 and vision_telemetry.spans() == []
+            otel_vision.instrument_ultralytics()  # back on: one root span, not two
+            model.predict(BUS, **FAST)
+            assert len(vision_telemetry.spans("predict")) == 1
+        finally:
+            otel_vision.uninstrument_ultralytics()
+            Model.predict = original  # type: ignore[method-assign]
+
+    @pytest.mark.parametrize("thing", [object(), "yolov8n.pt", "torch"])
+    def test_not_a_model(self, thing: Any) -> None:
+        """instrument_ultralytics on something that is not an ultralytics model raises TypeError naming the type."""
+        import torch
+
+        if thing == "torch":
+            thing = torch.nn.Linear(2, 2)
+        with pytest.raises(TypeError, match=r"takes an ultralytics model \(ultralytics.engine.model.Model"):
+            otel_vision.instrument_ultralytics(thing)
+        assert not UltralyticsInstrumentor().is_instrumented_by_opentelemetry

@@ -12,30 +12,33 @@ images = pipe("make it snowy", image=photo).images
 ```
 
 Hook points, all public: ``callback_on_step_end`` (chained with the user's own callback), torch forward pre-hooks on
-the text encoders, the denoiser (``unet``/``transformer``) and the VAE's ``encoder``/``post_quant_conv``/``decoder``,
-and the pipeline's own ``image_processor.preprocess``/``postprocess`` (instance attributes). A pipeline's ``__call__``
-is looked up on its class, so the class's ``__call__`` gets one wrapper; only instrumented pipelines produce spans.
-``uninstrument()`` removes all of it. Prompts are recorded only with ``capture_prompts=True`` or
-``OTEL_VISION_CAPTURE_PROMPTS=true``; images never are.
+the text encoders, the denoiser (``unet``/``transformer``) and the VAE's ``encoder``/``post_quant_conv``/``decoder``
+(module-level functions, so components stay picklable), and the pipeline's own ``image_processor.preprocess``/
+``postprocess`` (wrapped on the processor's class, so a processor stays picklable and a copied pipeline's processor runs
+with its own configuration). A pipeline's ``__call__`` is looked up on its class, so the class's ``__call__`` gets one
+wrapper; only instrumented pipelines produce spans. ``uninstrument()`` removes all of it. Prompts are recorded only with
+``capture_prompts=True`` or ``OTEL_VISION_CAPTURE_PROMPTS=true``; images never are.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
-from opentelemetry.instrumentation.utils import unwrap
 
 from otel_vision import _config
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
+from otel_vision.instrumentation._wrapping import Patches
 from otel_vision.instrumentation.diffusers import _call
 from otel_vision.instrumentation.diffusers._categories import (
     CATEGORIES,
@@ -44,9 +47,52 @@ from otel_vision.instrumentation.diffusers._categories import (
 )
 from otel_vision.instrumentation.diffusers.package import _instruments
 
-__all__ = ["CATEGORIES", "DiffusersInstrumentor", "classify_instruction"]
+__all__ = ["CATEGORIES", "DENOISE_STEPS", "DiffusersInstrumentor", "check_pipeline", "classify_instruction"]
 
 logger = logging.getLogger("otel_vision.diffusers")
+
+DENOISE_STEPS = _call.DENOISE_STEPS
+"""Values of ``denoise_steps``: ``spans`` (a span per step), ``events`` (an event per step on ``denoise``), ``off``."""
+
+
+def check_pipeline(pipe: Any, where: str) -> None:
+    """Raise ``TypeError`` unless ``pipe`` is a diffusers pipeline."""
+    from diffusers import DiffusionPipeline
+
+    if isinstance(pipe, DiffusionPipeline):
+        return
+    hint = ""
+    if hasattr(pipe, "register_forward_pre_hook"):
+        hint = "; for a torch.nn.Module (a UNet, a VAE...) use otel_vision.instrument_module()"
+    raise TypeError(
+        f"{where} takes a diffusers pipeline (diffusers.DiffusionPipeline, e.g. "
+        f"StableDiffusionInstructPix2PixPipeline.from_pretrained(...)), "
+        f"got {type(pipe).__module__}.{type(pipe).__qualname__}{hint}"
+    )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What one instrumented pipeline records (or, for ``_Options`` of the instrumentor, every other pipeline)."""
+
+    capture_prompts: bool = False
+    classifier: InstructionClassifier = classify_instruction
+    denoise_steps: str = "spans"
+
+
+def _resolve_options(base: _Options, kwargs: dict[str, Any]) -> _Options:
+    """``base`` with the options given explicitly (not ``None``) in ``kwargs`` applied, validated."""
+    changes: dict[str, Any] = {}
+    if kwargs.get("capture_prompts") is not None:
+        changes["capture_prompts"] = _config.resolve_capture_prompts(kwargs["capture_prompts"], {})
+    classifier = kwargs.get("instruction_classifier")
+    if classifier is not None:
+        if not callable(classifier):
+            raise TypeError(f"instruction_classifier={classifier!r} must be a function from str to str")
+        changes["classifier"] = classifier
+    if kwargs.get("denoise_steps") is not None:
+        changes["denoise_steps"] = _config.resolve_denoise_steps(kwargs["denoise_steps"], {})
+    return replace(base, **changes) if changes else base
 
 
 def _task(pipe: Any) -> str:
@@ -106,11 +152,11 @@ def _chain_callback(user: Any) -> Any:
 
 
 class _PipelineHooks:
-    """The hooks and method wraps installed on one pipeline's current components (re-checked at every call)."""
+    """The hooks installed on one pipeline's current components (re-checked at every call)."""
 
     def __init__(self) -> None:
         self.handles: dict[str, tuple[Any, Any]] = {}
-        self.processor: tuple[Any, Any, Any] | None = None
+        self.processor_type: type | None = None
         self.device: tuple[Any, str] | None = None
 
     def execution_device(self, pipe: Any, denoiser: Any) -> str | None:
@@ -129,7 +175,7 @@ class _PipelineHooks:
         self.device = (key, value)
         return value
 
-    def ensure(self, pipe: Any, hooks: dict[str, Callable[..., None]]) -> None:
+    def ensure(self, pipe: Any, hooks: dict[str, Callable[..., None]], patches: Patches) -> None:
         targets: dict[str, tuple[Any, Callable[..., None]]] = {}
         for name in _call.TEXT_ENCODERS:
             targets[name] = (getattr(pipe, name, None), hooks["text_encoder"])
@@ -146,76 +192,46 @@ class _PipelineHooks:
             if current is not None:
                 current[1].remove()
                 del self.handles[key]
-            if module is not None and hasattr(module, "register_forward_pre_hook"):
-                self.handles[key] = (module, module.register_forward_pre_hook(hook))
-        self._wrap_processor(getattr(pipe, "image_processor", None))
-
-    def _wrap_processor(self, processor: Any) -> None:
-        if processor is None or (self.processor is not None and self.processor[0] is processor):
-            return
-        self._unwrap_processor()
-        original_pre, original_post = processor.preprocess, processor.postprocess
-
-        def preprocess(*args: Any, **kwargs: Any) -> Any:
-            call = _call.current_call()
-            if call is None:
-                return original_pre(*args, **kwargs)
-            call.end_phase()
-            return call.stages["preprocess"].run(call.root_context(), original_pre, *args, **kwargs)
-
-        def postprocess(image: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _call.current_call()
-            if call is None:
-                return original_post(image, *args, **kwargs)
-            call.end_phase()
-            shape = getattr(image, "shape", None)
-            if shape is not None and len(shape) == 4:
-                call.output_hw = (int(shape[2]), int(shape[3]))
-                if call.root is not None:
-                    call.root.set_attribute(a.VISION_BATCH_SIZE, int(shape[0]))
-            return call.postprocess_stage.run(call.root_context(), original_post, image, *args, **kwargs)
-
-        processor.preprocess, processor.postprocess = preprocess, postprocess
-        self.processor = (processor, original_pre, original_post)
-
-    def _unwrap_processor(self) -> None:
-        if self.processor is None:
-            return
-        processor = self.processor[0]
-        for name in ("preprocess", "postprocess"):
-            processor.__dict__.pop(name, None)  # back to the class methods
-        self.processor = None
+            if module is None or not hasattr(module, "register_forward_pre_hook"):
+                continue
+            if hook in getattr(module, "_forward_pre_hooks", {}).values():
+                continue  # a copied component carries our hook already (hooks are copied with their module)
+            self.handles[key] = (module, module.register_forward_pre_hook(hook))
+        processor = getattr(pipe, "image_processor", None)
+        if processor is not None and type(processor) is not self.processor_type:
+            for method in ("preprocess", "postprocess"):
+                owner = next((k for k in type(processor).__mro__ if method in k.__dict__), None)
+                if owner is not None and owner is not object and (owner, method) not in patches:
+                    patches.wrap(owner, method, functools.partial(_traced_processor, method))
+            self.processor_type = type(processor)
 
     def remove(self) -> None:
         for _, handle in self.handles.values():
             handle.remove()
         self.handles.clear()
-        self._unwrap_processor()
+        self.processor_type = None
 
 
-def _make_hooks() -> dict[str, Callable[..., None]]:
-    """Forward pre-hooks, excluded from torch.compile tracing so they never cause a graph break."""
-    import torch
-
-    def guarded(fn: Callable[[_call.Call], None], what: str) -> Callable[..., None]:
-        @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
-        def hook(module: Any, args: Any) -> None:
-            call = _call.current_call()
-            if call is None:
-                return
-            try:
-                fn(call)
-            except Exception:
-                report_internal_error(f"diffusers {what} hook")
-
-        return hook  # type: ignore[no-any-return]  # torch.compiler.disable returns Any
-
-    return {
-        "text_encoder": guarded(lambda call: call.enter("encode_prompt"), "text encoder"),
-        "denoiser": guarded(lambda call: call.begin_step(), "denoiser"),
-        "vae_encoder": guarded(lambda call: call.enter("prepare_latents"), "VAE encoder"),
-        "vae_decoder": guarded(lambda call: call.enter("vae_decode"), "VAE decoder"),
-    }
+def _traced_processor(method: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """The pipeline's own ``image_processor.preprocess``/``postprocess`` as phases of the running call (class-level
+    wrapper: other processors, and nested calls of a subclass's ``super()``, call straight through)."""
+    call = _call.current_call()
+    if call is None or call.in_processor or instance is not getattr(call.pipe, "image_processor", None):
+        return wrapped(*args, **kwargs)
+    call.in_processor = True
+    try:
+        call.end_phase()
+        if method == "preprocess":
+            return call.stages["preprocess"].run(call.root_context(), wrapped, *args, **kwargs)
+        image = args[0] if args else kwargs.get("image")
+        shape = getattr(image, "shape", None)
+        if shape is not None and len(shape) == 4:
+            call.output_hw = (int(shape[2]), int(shape[3]))
+            if call.root is not None:
+                call.root.set_attribute(a.VISION_BATCH_SIZE, int(shape[0]))
+        return call.postprocess_stage.run(call.root_context(), wrapped, *args, **kwargs)
+    finally:
+        call.in_processor = False
 
 
 class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInstrumentor is untyped
@@ -231,59 +247,68 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
             self._lock = threading.Lock()
             self._all = False
             self._pipes: weakref.WeakKeyDictionary[Any, _PipelineHooks] = weakref.WeakKeyDictionary()
-            self._enabled_pipes: weakref.WeakSet[Any] = weakref.WeakSet()
+            self._enabled_pipes: weakref.WeakKeyDictionary[Any, _Options] = weakref.WeakKeyDictionary()
             self._classes: set[type] = set()
-            self._capture_prompts = False
-            self._classifier: InstructionClassifier = classify_instruction
+            self._options = _Options()
+            self._patches = Patches()
             self._hooks: dict[str, Callable[..., None]] | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
-    def add_pipeline(self, pipe: Any) -> None:
-        """Also trace ``pipe``."""
+    def add_pipeline(self, pipe: Any, **options: Any) -> None:
+        """Also trace ``pipe``; ``options`` (``capture_prompts``, ``instruction_classifier``, ``denoise_steps``) given
+        here apply to this pipeline, the others keep their values (for a pipeline added before: its own)."""
+        check_pipeline(pipe, "add_pipeline()")
+        base = self._enabled_pipes.get(pipe, self._options)
+        resolved = _resolve_options(base, options)
         self._wrap_class_of(pipe)
-        self._enabled_pipes.add(pipe)
+        self._enabled_pipes[pipe] = resolved
 
-    def trace_all_pipelines(self) -> None:
-        """Trace every pipeline from now on."""
+    def trace_all_pipelines(self, **options: Any) -> None:
+        """Trace every pipeline from now on; ``options`` given here apply to every pipeline without its own."""
+        self._options = _resolve_options(self._options, options)
         self._all = True
         self._wrap_known_classes()
 
     # --- BaseInstrumentor -------------------------------------------------------------------------------------
     def _instrument(self, **kwargs: Any) -> None:
-        import wrapt
         from diffusers import DiffusionPipeline  # ModuleNotFoundError here lets auto-instrumentation skip us
+
+        from otel_vision.instrumentation.diffusers import _hooks
 
         for ignored in ("tracer_provider", "meter_provider"):
             if kwargs.get(ignored) is not None:
                 logger.warning("otel_vision: %s= is ignored; spans go through otel_vision.configure()", ignored)
-        self._capture_prompts = _config.resolve_capture_prompts(kwargs.get("capture_prompts"), os.environ)
-        classifier = kwargs.get("instruction_classifier")
-        if classifier is not None and not callable(classifier):
-            raise ValueError(f"instruction_classifier={classifier!r} must be a function from str to str")
-        self._classifier = classifier or classify_instruction
-        self._hooks = _make_hooks()
         pipelines = kwargs.get("pipelines")
+        if pipelines is not None:
+            if not isinstance(pipelines, list | tuple | set | frozenset):
+                raise TypeError(f"pipelines= takes a list of diffusers pipelines, got {type(pipelines).__name__}")
+            for pipe in pipelines:
+                check_pipeline(pipe, "DiffusersInstrumentor().instrument(pipelines=[...])")
+        env = _Options(
+            capture_prompts=_config.resolve_capture_prompts(None, os.environ),
+            denoise_steps=_config.resolve_denoise_steps(None, os.environ),
+        )
+        self._options = _resolve_options(env, kwargs)
+        self._hooks = _hooks.HOOKS
         self._all = pipelines is None
         # Catches pipelines created (and pipeline classes imported) after instrumentation.
-        wrapt.wrap_function_wrapper(DiffusionPipeline, "register_modules", self._wrap_register_modules)
+        self._patches.wrap(DiffusionPipeline, "register_modules", self._wrap_register_modules)
         if self._all:
             self._wrap_known_classes()
         for pipe in pipelines or ():
-            self.add_pipeline(pipe)
+            self._wrap_class_of(pipe)
+            self._enabled_pipes[pipe] = self._options
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from diffusers import DiffusionPipeline
-
-        unwrap(DiffusionPipeline, "register_modules")
-        for cls in list(self._classes):
-            unwrap(cls, "__call__")
+        self._patches.remove_all()
         self._classes.clear()
         for hooks in list(self._pipes.values()):
             hooks.remove()
         self._pipes = weakref.WeakKeyDictionary()
-        self._enabled_pipes = weakref.WeakSet()
+        self._enabled_pipes = weakref.WeakKeyDictionary()
+        self._options = _Options()
         self._all = False
 
     # --- wrapping -----------------------------------------------------------------------------------------------
@@ -306,10 +331,8 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         with self._lock:
             if owner in self._classes:
                 return
-            import wrapt
-
-            wrapt.wrap_function_wrapper(owner, "__call__", self._wrap_call)
             self._classes.add(owner)
+        self._patches.wrap(owner, "__call__", self._wrap_call)
 
     def _wrap_register_modules(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         result = wrapped(*args, **kwargs)
@@ -320,23 +343,32 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
                 report_internal_error("diffusers pipeline registration")
         return result
 
-    def _enabled(self, pipe: Any) -> bool:
-        return self._all or pipe in self._enabled_pipes
+    def _options_for(self, pipe: Any) -> _Options | None:
+        """The pipeline's options, or ``None`` when it is not traced."""
+        options = self._enabled_pipes.get(pipe)
+        if options is None and self._all:
+            return self._options
+        return options
 
     def _wrap_call(self, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not self._enabled(instance) or _call.current_call() is not None:
+        if instance is None and args and self._options_for(args[0]) is not None:
+            # Called through the raw class attribute (as another library's wrapper installed after ours may do).
+            instance, args = args[0], args[1:]
+            wrapped = functools.partial(wrapped, instance)
+        options = self._options_for(instance) if instance is not None else None
+        if options is None or _call.current_call() is not None:
             # Not ours, or a pipeline calling another pipeline inside an instrumented call: one root per call.
             return wrapped(*args, **kwargs)
         try:
             per_step = "callback_on_step_end" in _call_parameters(type(instance))
-            call = _call.Call(instance, type(instance).__name__, per_step)
+            call = _call.Call(instance, type(instance).__name__, per_step, options.denoise_steps)
             hooks = self._pipes.get(instance)
             if hooks is None:
                 hooks = self._pipes[instance] = _PipelineHooks()
             assert self._hooks is not None
-            hooks.ensure(instance, self._hooks)
-            root = _call.PipelineRequest(call, self._root_attributes(instance, hooks, args, kwargs))
-            if per_step:
+            hooks.ensure(instance, self._hooks, self._patches)
+            root = _call.PipelineRequest(call, self._root_attributes(instance, hooks, options, args, kwargs))
+            if per_step and options.denoise_steps != "off":
                 kwargs = {**kwargs, "callback_on_step_end": _chain_callback(kwargs.get("callback_on_step_end"))}
         except Exception:
             report_internal_error("diffusers pipeline wrapper")
@@ -347,7 +379,9 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         finally:
             context.detach(token)
 
-    def _root_attributes(self, pipe: Any, hooks: _PipelineHooks, args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _root_attributes(
+        self, pipe: Any, hooks: _PipelineHooks, options: _Options, args: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         denoiser = next((getattr(pipe, n) for n in _call.DENOISERS if getattr(pipe, n, None) is not None), None)
         attrs: dict[str, Any] = {
             a.VISION_MODEL_NAME: type(pipe).__name__,
@@ -366,11 +400,11 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         prompt = _first_prompt(args, kwargs)
         if prompt is not None:
             try:
-                attrs[a.VISION_INSTRUCTION_CATEGORY] = str(self._classifier(prompt))
+                attrs[a.VISION_INSTRUCTION_CATEGORY] = str(options.classifier(prompt))
             except Exception:
                 report_internal_error("instruction classifier")
                 attrs[a.VISION_INSTRUCTION_CATEGORY] = "other"
-            if self._capture_prompts:
+            if options.capture_prompts:
                 attrs[a.VISION_PROMPT] = prompt[: _call.MAX_PROMPT]
         return attrs
 

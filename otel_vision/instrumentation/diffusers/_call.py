@@ -7,7 +7,8 @@ point that belongs to it and ends where the next phase starts:
 - ``preprocess``: the pipeline's own ``image_processor.preprocess``;
 - ``prepare_latents``: from the first ``vae.encoder`` forward (image latents) until denoising starts;
 - ``denoise``: from the first denoiser (``unet``/``transformer``) forward until the VAE decodes, with one
-  ``denoise_step`` child per step: from the step's first denoiser forward to ``callback_on_step_end``;
+  ``denoise_step`` child per step: from the step's first denoiser forward to ``callback_on_step_end`` (or, with
+  ``denoise_steps="events"``, one ``denoise_step`` event per step on ``denoise``; with ``"off"``, nothing per step);
 - ``vae_decode``: from the first ``vae.post_quant_conv``/``vae.decoder`` forward to postprocessing;
 - ``postprocess``: the pipeline's own ``image_processor.postprocess``.
 
@@ -32,6 +33,8 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 DENOISERS = ("unet", "transformer", "prior")
 MAX_PROMPT = 1000
 """Characters of the prompt recorded when prompt capture is on."""
+DENOISE_STEPS = ("spans", "events", "off")
+"""What each denoising step records: a ``denoise_step`` span, a ``denoise_step`` event on ``denoise``, or nothing."""
 
 
 def current_call() -> Call | None:
@@ -42,11 +45,15 @@ def current_call() -> Call | None:
 class Call:
     """The open spans and what was learned so far in one pipeline call."""
 
-    def __init__(self, pipe: Any, model_name: str, per_step: bool = True) -> None:
+    def __init__(self, pipe: Any, model_name: str, per_step: bool = True, steps_mode: str = "spans") -> None:
         self.pipe = pipe
         self.model_name = model_name
         self.per_step = per_step
         """Whether the pipeline has ``callback_on_step_end``; without it there are no step spans."""
+        self.step_spans = per_step and steps_mode == "spans"
+        self.step_events = per_step and steps_mode == "events"
+        self.in_processor = False
+        """The pipeline's image processor is running as a phase (its nested calls are part of it)."""
         self.root: Span | None = None
         self.phase: _Active | None = None
         self.phase_stage: stage | None = None
@@ -96,13 +103,15 @@ class Call:
         """A denoiser forward: opens denoise (first time) and a step (when none is open)."""
         if self.denoise is None:
             self.enter("denoise")
-        if self.step is None and self.denoise is not None and self.per_step:
+        if self.step is None and self.denoise is not None and self.step_spans:
             self.step = self.stages["denoise_step"]._start(trace.set_span_in_context(self.denoise.span))
 
     def end_step(self, exc: BaseException | None = None, index: int | None = None, timestep: Any = None) -> None:
         """Close the open step (``callback_on_step_end`` passes its index and timestep)."""
         active = self.step
         if active is None:
+            if self.step_events and index is not None and self.denoise is not None:
+                self._step_event(index, timestep)
             return
         self.step = None
         if index is not None:
@@ -110,6 +119,17 @@ class Call:
             self._timestep_attribute(active, index, timestep)
         self.steps += 1
         self.stages["denoise_step"]._finish(active, exc)
+
+    def _step_event(self, index: int, timestep: Any) -> None:
+        """A ``denoise_step`` event on the ``denoise`` span (``denoise_steps="events"``): the step's index, and its
+        timestep when it can be read without synchronizing the device (on CPU)."""
+        assert self.denoise is not None
+        attrs: dict[str, Any] = {a.DIFFUSION_STEP_INDEX: index}
+        device = getattr(timestep, "device", None)
+        if device is None or getattr(device, "type", "cpu") == "cpu":
+            attrs[a.DIFFUSION_STEP_TIMESTEP] = float(timestep)
+        self.denoise.span.add_event("denoise_step", attrs)
+        self.steps += 1
 
     def _timestep_attribute(self, active: _Active, index: int, timestep: Any) -> None:
         """Record the timestep without synchronizing: read it now on CPU; on CUDA copy it to pinned memory

@@ -14,105 +14,29 @@ otel_vision.uninstrument_module(model)                                         #
 ```
 
 A forward pre-hook and an always-called forward hook per instrumented module, both excluded from ``torch.compile``
-tracing (``torch.compiler.disable``). Finer spans are opt-in: each costs one span (≈20 µs on a CPU core) per call.
+tracing (``torch.compiler.disable``) and both picklable (see ``_hooks``), so an instrumented module can still be
+saved, copied, scripted and traced. Finer spans are opt-in: each costs one span (≈20 µs on a CPU core) per call.
 """
 
 from __future__ import annotations
 
-import sys
 import weakref
-from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import context, trace
-
 from otel_vision import attributes as a
-from otel_vision._errors import report_internal_error
-from otel_vision._stage import _Active, stage
 
 __all__ = ["instrument_module", "uninstrument_module"]
-
-MAX_INPUTS = 4
-"""Tensors summarized in ``vision.input.shapes`` (shapes and dtypes only, never values)."""
-
-# Open spans of instrumented modules in this context: (module id, model-level?, active span or None, context token).
-_STACK: ContextVar[tuple[tuple[int, bool, _Active | None, object], ...]] = ContextVar(
-    "otel_vision.torch.stack", default=()
-)
 
 
 @dataclass
 class _Instrumented:
     name: str
-    handles: list[Any] = field(default_factory=list)
+    modules: list[Any] = field(default_factory=list)
 
 
 _REGISTRY: weakref.WeakKeyDictionary[Any, _Instrumented] = weakref.WeakKeyDictionary()
-
-
-def _summary(args: Iterable[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    shapes: list[str] = []
-    attrs: dict[str, Any] = {}
-    for value in (*args, *kwargs.values()):
-        shape = getattr(value, "shape", None)
-        dtype = getattr(value, "dtype", None)
-        if shape is None or dtype is None:
-            continue
-        if not shapes:
-            attrs[a.VISION_DEVICE] = str(getattr(value, "device", "unknown"))
-            if len(shape):
-                attrs[a.VISION_BATCH_SIZE] = int(shape[0])
-        shapes.append(f"{str(dtype).removeprefix('torch.')}[{','.join(str(int(d)) for d in shape)}]")
-        if len(shapes) == MAX_INPUTS:
-            break
-    if shapes:
-        attrs[a.VISION_INPUT_SHAPES] = shapes
-    return attrs
-
-
-def _make_hooks(owner: stage, module_id: int, model_level: bool, nested: bool, summarize: bool) -> tuple[Any, Any]:
-    import torch
-
-    @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
-    def pre_hook(module: Any, args: Any, kwargs: Any) -> None:
-        stack = _STACK.get()
-        skip = any(entry[0] == module_id for entry in stack) or (
-            model_level and not nested and any(entry[1] for entry in stack)
-        )
-        if skip:  # recursion, or a model called inside another instrumented model: no duplicate span
-            _STACK.set((*stack, (module_id, model_level, None, None)))
-            return
-        try:
-            active = owner._start(None)
-            if summarize:
-                active.span.set_attributes(_summary(args, kwargs))
-            token = context.attach(trace.set_span_in_context(active.span))
-        except Exception:
-            report_internal_error("module forward pre-hook")
-            _STACK.set((*stack, (module_id, model_level, None, None)))
-            return
-        _STACK.set((*stack, (module_id, model_level, active, token)))
-
-    @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
-    def post_hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        stack = _STACK.get()
-        index = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == module_id), None)
-        if index is None:
-            return
-        _, _, active, token = stack[index]
-        _STACK.set(stack[:index])
-        if active is None:
-            return
-        # Called from torch's exception path (always_call=True) with output None: the exception is being handled.
-        exc = sys.exc_info()[1] if output is None else None
-        try:
-            owner._finish(active, exc)
-        finally:
-            context.detach(token)  # type: ignore[arg-type]  # the Token attach() returned in pre_hook
-
-    return pre_hook, post_hook
 
 
 def _targets(model: Any, submodules: Sequence[str] | int | None) -> list[tuple[str, Any]]:
@@ -175,33 +99,43 @@ def instrument_module(
         raise ImportError("pip install 'otel-vision[torch]': instrument_module() needs torch") from None
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"instrument_module() takes a torch.nn.Module, got {type(model).__name__}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"name={name!r} must be a non-empty string")
+    if not isinstance(stage_name, str) or not stage_name.strip():
+        raise ValueError(f"stage_name={stage_name!r} must be a non-empty string")
     targets = _targets(model, submodules)
-    if model in _REGISTRY:
-        uninstrument_module(model)
+    from otel_vision.instrumentation.torch import _hooks
+
+    uninstrument_module(model)  # also removes hooks a copy of an instrumented module brought along
     inner = getattr(model, "_orig_mod", model)  # a torch.compile'd module: name it after what it compiles
     model_name = name or type(inner).__name__
     record = _Instrumented(model_name)
     attrs = {a.VISION_MODEL_NAME: model_name}
     try:
-        for module, model_level, owner in (
-            (model, True, stage(stage_name, attrs)),
-            *((m, False, stage(p, {**attrs, a.VISION_MODULE_PATH: p})) for p, m in targets),
+        for module, pre in (
+            (model, _hooks.PreHook(stage_name, attrs, True, nested)),
+            *((m, _hooks.PreHook(p, {**attrs, a.VISION_MODULE_PATH: p}, False, nested)) for p, m in targets),
         ):
-            pre, post = _make_hooks(owner, id(module), model_level, nested, summarize=model_level)
-            record.handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-            record.handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+            record.modules.append(module)
+            _hooks.add_hooks(module, pre)
     except Exception:
-        for handle in record.handles:
-            handle.remove()
+        for module in record.modules:
+            _hooks.remove_hooks(module)
         raise
     _REGISTRY[model] = record
     return model
 
 
 def uninstrument_module(model: Any) -> None:
-    """Remove every hook `instrument_module` put on ``model`` and its submodules (no-op if there are none)."""
+    """Remove every hook `instrument_module` put on ``model`` and its chosen submodules (no-op if there are none).
+
+    On a copy of an instrumented module (``copy.deepcopy``, ``torch.load``), which carries copies of the hooks,
+    it removes ours from the copy and all its submodules.
+    """
     record = _REGISTRY.pop(model, None)
-    if record is None:
+    if record is None and "__prepare_scriptable__" not in getattr(model, "__dict__", {}):
         return
-    for handle in record.handles:
-        handle.remove()
+    from otel_vision.instrumentation.torch import _hooks
+
+    for module in record.modules if record is not None else model.modules():
+        _hooks.remove_hooks(module)

@@ -19,12 +19,16 @@ Zero code: ``opentelemetry-instrument python app.py`` loads this instrumentor th
 What is patched, and why: ultralytics has callbacks for batches but none for a whole call that also fire on an
 exception or an abandoned ``stream=True`` generator, and none for model setup; so ``Model.predict``, ``Model.val``,
 ``BasePredictor.setup_model`` and ``AutoBackend.warmup`` get one class-level wrapper each (only instrumented models
-produce spans). Everything else uses ``model.callbacks`` and the predictor's own methods. ``uninstrument()`` removes
-all of it.
+produce spans); the predictor's and validator's ``preprocess``/``inference``/``postprocess`` are wrapped on their
+classes the first time an instrumented call uses them. Everything else uses ``model.callbacks`` (with small picklable
+callback objects). Nothing is stored on a predictor, so models and predictors stay picklable and copyable, and a copy
+runs its own methods. ``uninstrument()`` removes all of it; a wrapper another library installed on one of those
+methods *after* ours stays working, with ours inside it switched off (see ``docs/ultralytics.md``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -33,14 +37,14 @@ from typing import Any
 
 from opentelemetry import context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
-from opentelemetry.instrumentation.utils import unwrap
 
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
+from otel_vision.instrumentation._wrapping import Patches
 from otel_vision.instrumentation.ultralytics import _predict, _val
 from otel_vision.instrumentation.ultralytics.package import _instruments
 
-__all__ = ["UltralyticsInstrumentor"]
+__all__ = ["UltralyticsInstrumentor", "check_model"]
 
 logger = logging.getLogger("otel_vision.ultralytics")
 
@@ -48,24 +52,41 @@ _EVENTS_FIRST = ("on_predict_start", "on_predict_batch_start", "on_predict_postp
 _EVENTS_LAST = ("on_predict_postprocess_end@last", "on_predict_batch_end")
 
 
+def check_model(model: Any, where: str) -> None:
+    """Raise ``TypeError`` unless ``model`` is an ultralytics model (``YOLO``, ``RTDETR``, ``SAM``...)."""
+    from ultralytics.engine.model import Model
+
+    if isinstance(model, Model):
+        return
+    hint = ""
+    if type(model).__module__.split(".")[0] == "torch" or hasattr(model, "register_forward_pre_hook"):
+        hint = "; for a plain torch.nn.Module use otel_vision.instrument_module()"
+    raise TypeError(
+        f"{where} takes an ultralytics model (ultralytics.engine.model.Model, e.g. YOLO('yolov8n.pt')), "
+        f"got {type(model).__module__}.{type(model).__qualname__}{hint}"
+    )
+
+
 class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInstrumentor is untyped
     """Traces ultralytics ``Model.predict`` / ``track`` / ``val``; ``instrument(models=[m])`` limits it to ``m``."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         if not hasattr(self, "_models"):  # BaseInstrumentor is a singleton: __init__ runs on every construction
+            self._lock = threading.Lock()
             self._all_models = False
             self._models: weakref.WeakSet[Any] = weakref.WeakSet()
             self._touched: weakref.WeakSet[Any] = weakref.WeakSet()
-            self._predictors: weakref.WeakSet[Any] = weakref.WeakSet()
-            self._callbacks = _predict.make_callbacks(self._predictors)
-            self._val_callbacks = _val.make_callbacks(self._predictors)
+            self._patches = Patches()
+            self._model_class: type | None = None
+            self._callbacks = {key: _predict.Callback(key) for key in (*_EVENTS_FIRST, *_EVENTS_LAST)}
+            self._val_callbacks = {key: _predict.Callback(key) for key in _val.VAL_EVENTS}
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
     def add_model(self, model: Any) -> None:
         """Also trace ``model`` (when the instrumentor was limited to some models)."""
+        check_model(model, "add_model()")
         self._models.add(model)
 
     def trace_all_models(self) -> None:
@@ -83,36 +104,32 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             if kwargs.get(ignored) is not None:
                 logger.warning("otel_vision: %s= is ignored; spans go through otel_vision.configure()", ignored)
         models = kwargs.get("models")
+        if models is not None:
+            if not isinstance(models, list | tuple | set | frozenset):
+                raise TypeError(f"models= takes a list of ultralytics models, got {type(models).__name__}")
+            for model in models:
+                check_model(model, "UltralyticsInstrumentor().instrument(models=[...])")
         self._all_models = models is None
         for model in models or ():
             self._models.add(model)
 
-        import wrapt
-
-        wrapt.wrap_function_wrapper("ultralytics.engine.model", "Model.predict", self._wrap_predict)
-        wrapt.wrap_function_wrapper("ultralytics.engine.model", "Model.val", self._wrap_val)
-        wrapt.wrap_function_wrapper("ultralytics.engine.predictor", "BasePredictor.setup_model", _traced("load"))
-        wrapt.wrap_function_wrapper("ultralytics.nn.autobackend", "AutoBackend.warmup", _traced("warmup"))
-
-    def _uninstrument(self, **kwargs: Any) -> None:
         from ultralytics.engine.model import Model
         from ultralytics.engine.predictor import BasePredictor
         from ultralytics.nn.autobackend import AutoBackend
 
-        unwrap(Model, "predict")
-        unwrap(Model, "val")
-        unwrap(BasePredictor, "setup_model")
-        unwrap(AutoBackend, "warmup")
-        ours = {*self._callbacks.values(), *self._val_callbacks.values()}
+        self._model_class = Model
+        self._patches.wrap(Model, "predict", self._wrap_predict)
+        self._patches.wrap(Model, "val", self._wrap_val)
+        self._patches.wrap(BasePredictor, "setup_model", functools.partial(_traced, "load"))
+        self._patches.wrap(AutoBackend, "warmup", functools.partial(_traced, "warmup"))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        self._patches.remove_all()
+        _predict.PATCHES.remove_all()
         for model in list(self._touched):
             for callbacks in model.callbacks.values():
-                callbacks[:] = [fn for fn in callbacks if fn not in ours]
-        for predictor in list(self._predictors):
-            _predict.unwrap_predictor(predictor)
-            _val.unwrap_validator(predictor)
-        # Cleared, not replaced: the callbacks hold a reference to the predictor set.
+                callbacks[:] = [fn for fn in callbacks if not isinstance(fn, _predict.Callback)]
         self._touched.clear()
-        self._predictors.clear()
         self._models.clear()
         self._all_models = False
 
@@ -128,7 +145,7 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
                 if key in _EVENTS_FIRST:
                     if fn not in callbacks:
                         callbacks.insert(0, fn)
-                elif not callbacks or callbacks[-1] is not fn:
+                elif not callbacks or callbacks[-1] != fn:
                     if fn in callbacks:
                         callbacks.remove(fn)
                     callbacks.append(fn)
@@ -146,6 +163,11 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
 
     def _traced_call(self, operation: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         """One root span per call; the call's state travels in the context to the callbacks."""
+        if instance is None and args and self._model_class is not None and isinstance(args[0], self._model_class):
+            # Called through the raw class attribute (Model.__dict__["predict"](model, ...)), as another library's
+            # wrapper installed after ours may do: the model is the first argument.
+            instance, args = args[0], args[1:]
+            wrapped = functools.partial(wrapped, instance)
         if not self._enabled(instance) or _predict.current_call() is not None:
             # Not ours, or a subclass's predict calling super().predict(): one root span per call.
             return wrapped(*args, **kwargs)
@@ -167,13 +189,9 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             context.detach(token)
 
 
-def _traced(stage_name: str) -> Callable[..., Any]:
-    """A wrapt wrapper that runs the wrapped method as the call's ``stage_name`` stage, inside an instrumented call."""
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        call = _predict.current_call()
-        if call is None:
-            return wrapped(*args, **kwargs)
-        return call.stages[stage_name].run(call.parent(), wrapped, *args, **kwargs)
-
-    return wrapper
+def _traced(stage_name: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """Run the wrapped method as the call's ``stage_name`` stage, inside an instrumented call."""
+    call = _predict.current_call()
+    if call is None:
+        return wrapped(*args, **kwargs)
+    return call.stages[stage_name].run(call.parent(), wrapped, *args, **kwargs)

@@ -3,14 +3,18 @@
 Per call: a root span around ``Model.predict`` (or ``Model.val``) that also owns the lifetime of everything below
 it, so an exception or a ``stream=True`` generator abandoned halfway still ends every span; a ``batch`` span from
 ``on_predict_batch_start`` to ``on_predict_batch_end``; ``preprocess``, ``inference`` and ``postprocess`` spans around
-the predictor's own methods (instance attributes of each predictor, so their start and end are the real ones and a
-rebuilt predictor is wrapped again); ``track`` between the postprocess callbacks that surround the tracker's.
+the predictor's own methods (wrapped once on the predictor's class, so their start and end are the real ones, a
+rebuilt predictor is traced too, and a copied predictor runs its own methods); ``track`` between the postprocess
+callbacks that surround the tracker's.
+
+Nothing here iterates, replaces or reorders what the user can see: ``predictor.results`` is summarized only when it
+is a list or tuple (a user callback may have replaced it with an iterator, which we must not consume).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +26,15 @@ from otel_vision import _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision._stage import _Active, request, stage
+from otel_vision.instrumentation._wrapping import Patches
 
 CALL_KEY = context.create_key("otel_vision.ultralytics.call")
 MAX_IMAGE_EVENTS = 32
 """Per-image events kept per batch span; a bigger batch is summarized by its counts only."""
 TOP_CLASSES = 5
 PREDICTOR_METHODS = ("preprocess", "inference", "postprocess")
-_WRAPPED_MARK = "__otel_vision_wrapped__"
+SUMMARY_SKIPPED = "vision.summary.skipped"
+"""Batch-span attribute: ``True`` when ``predictor.results`` was not a list or tuple, so it was left unread."""
 
 
 def model_name(model: Any) -> str:
@@ -59,6 +65,10 @@ class Call:
         self.batches = 0
         self.stage_window: dict[str, tuple[int, int]] = {}
         self.source_kind: str | None = None
+        self.engine: Any = None
+        """The predictor or validator of this call (set by its start callback)."""
+        self.method: str | None = None
+        """The engine method running as a stage now (nested calls of engine methods are part of it)."""
 
     def parent(self) -> context.Context:
         """The context for a stage span: the open track span (the tracker may re-run postprocess), else the open
@@ -109,49 +119,63 @@ def current_call() -> Call | None:
     return value if isinstance(value, Call) else None
 
 
-def guarded(what: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
-    """Our callbacks must never raise into the user's predict: log once and go on."""
+class Callback:
+    """One of our ultralytics callbacks, by event key.
 
-    def decorate(fn: Callable[[Any], None]) -> Callable[[Any], None]:
-        def callback(engine: Any) -> None:
-            try:
-                fn(engine)
-            except Exception:
-                report_internal_error(f"ultralytics {what} callback")
+    Ultralytics keeps callbacks in the model's ``callbacks`` dict, which is pickled and copied with the model, so a
+    callback is a small picklable object (equal to any other with the same key), never a closure. Our own failures
+    are caught and logged once: a callback never raises into the user's predict.
+    """
 
-        callback.__name__ = f"otel_vision_{fn.__name__}"
-        callback.__qualname__ = callback.__name__
-        return callback
+    __slots__ = ("key",)
 
-    return decorate
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    @property
+    def __name__(self) -> str:
+        return f"otel_vision_{self.key.replace('@', '_')}"
+
+    def __call__(self, engine: Any) -> None:
+        try:
+            HANDLERS[self.key](engine)
+        except Exception:
+            report_internal_error(f"ultralytics {self.key.split('@')[0]} callback")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Callback and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Callback, (self.key,))
+
+    def __repr__(self) -> str:
+        return f"<otel_vision callback {self.key}>"
 
 
 # --- predictor methods ------------------------------------------------------------------------------------------
-def wrap_predictor(predictor: Any, wrapped: weakref.WeakSet[Any]) -> None:
-    """Wrap the predictor's own preprocess/inference/postprocess (instance attributes; idempotent)."""
-    if predictor in wrapped:
-        return
-    for method in PREDICTOR_METHODS:
-        original = getattr(predictor, method)
-        if getattr(original, _WRAPPED_MARK, False):
+def wrap_engine_class(cls: type, methods: tuple[str, ...], wrapper: Callable[..., Any], patches: Patches) -> None:
+    """Wrap each of ``methods`` once, on the class in ``cls``'s MRO that defines it."""
+    for method in methods:
+        owner = next((k for k in cls.__mro__ if method in k.__dict__), None)
+        if owner is None or owner is object or (owner, method) in patches:
             continue
-
-        def traced(*args: Any, __original: Any = original, __method: str = method, **kwargs: Any) -> Any:
-            call = current_call()
-            if call is None:
-                return __original(*args, **kwargs)
-            return call.stages[__method].run(call.parent(), __original, *args, **kwargs)
-
-        setattr(traced, _WRAPPED_MARK, True)
-        setattr(predictor, method, traced)
-    wrapped.add(predictor)
+        patches.wrap(owner, method, functools.partial(wrapper, method))
 
 
-def unwrap_predictor(predictor: Any) -> None:
-    """Remove the instance attributes `wrap_predictor` set, restoring the class methods."""
-    for method in PREDICTOR_METHODS:
-        if getattr(predictor.__dict__.get(method), _WRAPPED_MARK, False):
-            del predictor.__dict__[method]
+def traced_predictor_method(method: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """A predictor's ``preprocess``/``inference``/``postprocess`` as a stage of the running call; the outermost call
+    only (a task's ``postprocess`` calling ``super().postprocess`` is one span)."""
+    call = current_call()
+    if call is None or call.method is not None or instance is not call.engine:
+        return wrapped(*args, **kwargs)
+    call.method = method
+    try:
+        return call.stages[method].run(call.parent(), wrapped, *args, **kwargs)
+    finally:
+        call.method = None
 
 
 # --- callbacks ----------------------------------------------------------------------------------------------------
@@ -191,71 +215,78 @@ def _source_kind(predictor: Any) -> str | None:
     return str(mode) if mode else None
 
 
-def make_callbacks(wrapped_predictors: weakref.WeakSet[Any]) -> dict[str, Callable[[Any], None]]:
-    """Our predict callbacks, keyed by event (``on_predict_postprocess_end`` has a first and a last one)."""
+def on_predict_start(predictor: Any) -> None:
+    call = current_call()
+    if call is None or call.root is None:
+        return
+    call.engine = predictor
+    wrap_engine_class(type(predictor), PREDICTOR_METHODS, traced_predictor_method, PATCHES)
+    args = predictor.args
+    backend = getattr(predictor, "model", None)
+    attrs: dict[str, Any] = {
+        a.VISION_TASK: getattr(args, "task", None),
+        a.VISION_DEVICE: str(getattr(predictor, "device", "")) or None,
+        a.VISION_HALF: bool(getattr(backend, "fp16", False)),
+        a.VISION_SOURCE_KIND: call.source_kind or _source_kind(predictor),
+    }
+    imgsz = getattr(args, "imgsz", None)
+    if imgsz is not None:
+        attrs[a.VISION_INPUT_SIZE] = list(imgsz) if isinstance(imgsz, list | tuple) else int(imgsz)
+    call.root.set_attributes({k: v for k, v in attrs.items() if v is not None})
 
-    @guarded("on_predict_start")
-    def on_predict_start(predictor: Any) -> None:
-        call = current_call()
-        if call is None or call.root is None:
-            return
-        wrap_predictor(predictor, wrapped_predictors)
-        args = predictor.args
-        backend = getattr(predictor, "model", None)
-        attrs: dict[str, Any] = {
-            a.VISION_TASK: getattr(args, "task", None),
-            a.VISION_DEVICE: str(getattr(predictor, "device", "")) or None,
-            a.VISION_HALF: bool(getattr(backend, "fp16", False)),
-            a.VISION_SOURCE_KIND: call.source_kind or _source_kind(predictor),
-        }
-        imgsz = getattr(args, "imgsz", None)
-        if imgsz is not None:
-            attrs[a.VISION_INPUT_SIZE] = list(imgsz) if isinstance(imgsz, list | tuple) else int(imgsz)
-        call.root.set_attributes({k: v for k, v in attrs.items() if v is not None})
 
-    @guarded("on_predict_batch_start")
-    def on_predict_batch_start(predictor: Any) -> None:
-        call = current_call()
-        if call is None or call.root is None:
-            return
-        call.close_open(None)
-        paths = predictor.batch[0] if getattr(predictor, "batch", None) else ()
-        active = call.batch_stage._start(trace.set_span_in_context(call.root))
+def on_predict_batch_start(predictor: Any) -> None:
+    call = current_call()
+    if call is None or call.root is None:
+        return
+    call.close_open(None)
+    call.engine = predictor
+    active = call.batch_stage._start(trace.set_span_in_context(call.root))
+    call.batch = active
+    call.batches += 1
+    batch = getattr(predictor, "batch", None)
+    paths = batch[0] if isinstance(batch, list | tuple) and batch else None
+    if isinstance(paths, list | tuple):
         active.span.set_attribute(a.VISION_BATCH_SIZE, len(paths))
-        call.batch = active
-        call.batches += 1
 
-    @guarded("on_predict_postprocess_end")
-    def on_predict_postprocess_end_first(predictor: Any) -> None:
-        call = current_call()
-        if call is None or call.batch is None or call.operation != "track":
-            return
-        call.track = call.track_stage._start(call.parent())
 
-    @guarded("on_predict_postprocess_end")
-    def on_predict_postprocess_end_last(predictor: Any) -> None:
-        call = current_call()
-        if call is None or call.track is None:
-            return
-        active, call.track = call.track, None
-        call.track_stage._finish(active, None)
+def on_predict_postprocess_end_first(predictor: Any) -> None:
+    call = current_call()
+    if call is None or call.batch is None or call.operation != "track":
+        return
+    call.track = call.track_stage._start(call.parent())
 
-    @guarded("on_predict_batch_end")
-    def on_predict_batch_end(predictor: Any) -> None:
-        call = current_call()
-        if call is None or call.batch is None:
-            return
-        active, call.batch = call.batch, None
+
+def on_predict_postprocess_end_last(predictor: Any) -> None:
+    call = current_call()
+    if call is None or call.track is None:
+        return
+    active, call.track = call.track, None
+    call.track_stage._finish(active, None)
+
+
+def on_predict_batch_end(predictor: Any) -> None:
+    call = current_call()
+    if call is None or call.batch is None:
+        return
+    active, call.batch = call.batch, None
+    try:
         summarize_batch(active, predictor, call)
+    finally:  # the batch span ends even when the summary fails
         call.batch_stage._finish(active, None)
 
-    return {
-        "on_predict_start": on_predict_start,
-        "on_predict_batch_start": on_predict_batch_start,
-        "on_predict_postprocess_end@first": on_predict_postprocess_end_first,
-        "on_predict_postprocess_end@last": on_predict_postprocess_end_last,
-        "on_predict_batch_end": on_predict_batch_end,
-    }
+
+PATCHES = Patches()
+"""The class-level wrappers of engine methods (predictor and validator), installed on first use."""
+
+HANDLERS: dict[str, Callable[[Any], None]] = {
+    "on_predict_start": on_predict_start,
+    "on_predict_batch_start": on_predict_batch_start,
+    "on_predict_postprocess_end@first": on_predict_postprocess_end_first,
+    "on_predict_postprocess_end@last": on_predict_postprocess_end_last,
+    "on_predict_batch_end": on_predict_batch_end,
+}
+"""Our callback bodies by key (``event`` or ``event@position``); `Callback` objects call them. `_val` adds its own."""
 
 
 def _top_classes(class_ids: list[int], names: Any) -> list[str]:
@@ -271,7 +302,12 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
     path (``vision.detections.classes`` on the batch span), so the inference thread never waits for the device.
     """
     span = active.span
-    results = getattr(predictor, "results", None) or []
+    results = getattr(predictor, "results", None)
+    if not isinstance(results, list | tuple):
+        # Replaced by a user callback (an iterator, a generator...): reading it would consume it. Say so, go on.
+        if results is not None:
+            span.set_attribute(SUMMARY_SKIPPED, True)
+        return
     instruments = _runtime.current().instruments
     metric_attrs = instruments.metric_attributes({a.VISION_MODEL_NAME: call.model_name})
     total = 0
