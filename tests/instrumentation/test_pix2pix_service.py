@@ -1,13 +1,20 @@
-"""The InstructPix2Pix editing service example: one trace per HTTP request, queue and pipeline under it."""
+"""The InstructPix2Pix editing service example: one trace per HTTP request, queue and pipeline under it; limits,
+timeouts, disconnects and SIGTERM answered as documented and counted in ``vision.requests``."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +31,13 @@ from otel_vision.testing import CapturedTelemetry
 from tests.conftest import ROOT
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SCRIPT = ROOT / "examples" / "instructpix2pix_service.py"
+# A job the tiny pipeline cannot finish within any bound below (about 0.4 s a step on CPU at 128×128).
+LONG = {"steps": "500"}
 
 
 def _load_service() -> Any:
-    spec = importlib.util.spec_from_file_location("pix2pix_service", ROOT / "examples" / "instructpix2pix_service.py")
+    spec = importlib.util.spec_from_file_location("pix2pix_service", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["pix2pix_service"] = module
@@ -38,12 +48,16 @@ def _load_service() -> Any:
 service = _load_service()
 
 
-def _png() -> bytes:
+def _png(width: int = 64, height: int = 64) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (30, 90, 200)).save(buffer, format="PNG")
+    Image.new("RGB", (width, height), (30, 90, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _upload(data: bytes | None = None) -> dict[str, Any]:
+    return {"image": ("photo.png", _png() if data is None else data, "image/png")}
 
 
 @pytest.fixture
@@ -60,16 +74,21 @@ def _client(app: Any) -> Any:
     return TestClient(app)
 
 
+def _requests_by_error(telemetry: CapturedTelemetry) -> dict[str | None, int]:
+    return {p.attributes.get("error.type"): p.value for p in telemetry.points("vision.requests")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_one_trace_per_request_honouring_traceparent(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
     """The edit span continues the caller's trace and is the parent of the queue span and the pipeline span."""
     headers = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
     with _client(service.create_app(pipe, steps=2)) as client:
-        response = client.post(
-            "/edit",
-            files={"image": ("photo.png", _png(), "image/png")},
-            data={"instruction": "make it snowy"},
-            headers=headers,
-        )
+        response = client.post("/edit", files=_upload(), data={"instruction": "make it snowy"}, headers=headers)
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     edit = vision_telemetry.span("edit")
     assert edit.kind is SpanKind.SERVER and format(edit.context.trace_id, "032x") == TRACE_ID
@@ -83,19 +102,49 @@ def test_one_trace_per_request_honouring_traceparent(pipe: Any, vision_telemetry
     assert wait.count == 1 and wait.attributes == {"vision.model.name": service.MODEL_NAME}
 
 
-@pytest.mark.parametrize(
-    ("files", "data", "error"),
-    [
-        ({"image": ("photo.png", _png(), "image/png")}, {}, "missing_instruction"),
-        ({"image": ("notes.txt", b"not an image at all", "text/plain")}, {"instruction": "add a hat"}, "invalid_image"),
-        ({}, {"instruction": "add a hat"}, "invalid_image"),
-    ],
-)
-def test_bad_requests(pipe: Any, vision_telemetry: CapturedTelemetry, files: Any, data: Any, error: str) -> None:
-    """A missing instruction or a non-image upload is a 400 naming the problem, a failed span, and a counted request."""
+LIMITS = {"PIX2PIX_MAX_PIXELS": str(128 * 128), "PIX2PIX_MAX_UPLOAD_BYTES": "100000", "PIX2PIX_MIN_SIDE": "16"}
+REFUSALS = [
+    # (multipart files, form data, status, error.type, words the message must hold)
+    (_upload(), {}, 400, "missing_instruction", "'instruction' is required"),
+    ({"instruction": (None, "add a hat")}, {}, 400, "invalid_image", "no file uploaded"),
+    (
+        {"image": ("notes.txt", b"not an image at all", "text/plain")},
+        {"instruction": "add a hat"},
+        400,
+        "invalid_image",
+        "PNG, JPEG or WebP",
+    ),
+    (_upload(_png(1, 1)), {"instruction": "add a hat"}, 400, "image_too_small", "1×1 pixels; both sides"),
+    (_upload(_png(15, 200)), {"instruction": "add a hat"}, 400, "image_too_small", "at least 16 pixels"),
+    (_upload(_png(129, 128)), {"instruction": "add a hat"}, 413, "image_too_large", "at most 16,384 pixels"),
+    (_upload(os.urandom(150_000)), {"instruction": "add a hat"}, 413, "upload_too_large", "100,000 bytes"),
+    ({"image": (None, "photo.png")}, {"instruction": "add a hat"}, 422, "invalid_field", "'image' must be a file"),
+    (_upload(), {"instruction": "add a hat", "steps": "0"}, 422, "invalid_field", "'steps' must be a whole number"),
+    (_upload(), {"instruction": "add a hat", "steps": "many"}, 422, "invalid_field", "from 1 to 100"),
+]
+
+
+@pytest.mark.parametrize(("files", "data", "status", "error", "words"), REFUSALS)
+def test_refusals_are_clear_and_counted(
+    pipe: Any,
+    vision_telemetry: CapturedTelemetry,
+    monkeypatch: pytest.MonkeyPatch,
+    files: Any,
+    data: Any,
+    status: int,
+    error: str,
+    words: str,
+) -> None:
+    """Each bad request gets its status, a JSON message naming the problem (no Python reprs), a failed span and a
+    count in ``vision.requests``; the limits come from the documented environment variables; no pipeline runs."""
+    for name, value in LIMITS.items():
+        monkeypatch.setenv(name, value)
     with _client(service.create_app(pipe)) as client:
         response = client.post("/edit", files=files, data=data)
-    assert response.status_code == 400 and response.json()["error"] == error
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error and words in body["detail"], body
+    assert not any(repr_mark in body["detail"] for repr_mark in ("<", " object at ", "0x")), body
     edit = vision_telemetry.span("edit")
     assert edit.status.status_code is StatusCode.ERROR and edit.attributes["error.type"] == error
     (requests,) = vision_telemetry.points("vision.requests")
@@ -103,8 +152,72 @@ def test_bad_requests(pipe: Any, vision_telemetry: CapturedTelemetry, files: Any
     assert vision_telemetry.spans("pipeline") == []
 
 
+def test_body_limit_holds_without_content_length(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """A chunked upload (no Content-Length to check up front) is cut off at the byte limit: 413, counted."""
+
+    def body() -> Iterator[bytes]:
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(200):  # 200 × 64 KiB = 12.5 MiB, more than the limit below
+            yield b"\0" * 65536
+
+    app = service.create_app(pipe, service.Settings(max_upload_bytes=1024 * 1024))
+    with _client(app) as client:
+        response = client.post("/edit", content=body(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413 and response.json()["error"] == "upload_too_large"
+    assert "1,048,576 bytes" in response.json()["detail"]
+    assert _requests_by_error(vision_telemetry) == {"upload_too_large": 1}
+
+
+def test_not_multipart_is_415_and_counted(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """JSON or a urlencoded form cannot carry the image: 415 naming what to send, counted."""
+    with _client(service.create_app(pipe)) as client:
+        as_json = client.post("/edit", json={"image": "aGVsbG8=", "instruction": "add a hat"})
+        as_urlencoded = client.post("/edit", data={"instruction": "add a hat"})
+    for response in (as_json, as_urlencoded):
+        assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+        assert "multipart/form-data with a file field 'image'" in response.json()["detail"]
+    assert _requests_by_error(vision_telemetry) == {"unsupported_media_type": 2}
+
+
+def test_pipeline_failure_is_500_without_internals(vision_telemetry: CapturedTelemetry) -> None:
+    """An exception in the pipeline is a 500 with the trace id; its message (here holding a repr) stays inside."""
+
+    class Broken:
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            raise ValueError(f"bad tensor {object()!r}")
+
+    with _client(service.create_app(Broken())) as client:
+        response = client.post("/edit", files=_upload(), data={"instruction": "add a hat"})
+    assert response.status_code == 500
+    body = response.json()
+    edit = vision_telemetry.span("edit")
+    assert body["error"] == "internal_error" and format(edit.context.trace_id, "032x") in body["detail"]
+    assert "object at" not in body["detail"] and "ValueError" in body["detail"]
+    assert edit.attributes["error.type"] == "ValueError"
+    assert _requests_by_error(vision_telemetry) == {"ValueError": 1}
+
+
+def test_job_timeout_stops_the_pipeline(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """A job past the per-job timeout is answered 504 and the pipeline stops at its next step: the worker is free
+    for the next request at once."""
+    app = service.create_app(pipe, service.Settings(job_timeout_s=5.0, max_steps=500, min_side=16))
+    with _client(app) as client:
+        started = time.monotonic()
+        response = client.post("/edit", files=_upload(_png(128, 128)), data={"instruction": "add a hat", **LONG})
+        answered = time.monotonic() - started
+        after = client.post("/edit", files=_upload(_png(16, 16)), data={"instruction": "add a hat", "steps": "1"})
+        freed = time.monotonic() - started
+    assert response.status_code == 504 and response.json()["error"] == "job_timeout", response.text
+    assert "within 5 s" in response.json()["detail"]
+    assert answered < 30 and after.status_code == 200 and freed < 45
+    stopped, finished = vision_telemetry.spans("pipeline")
+    assert stopped.attributes["error.type"] == "job_timeout" and "error.type" not in finished.attributes
+    assert len(vision_telemetry.spans("denoise_step")) < 100
+    assert _requests_by_error(vision_telemetry) == {"job_timeout": 1, None: 1}
+
+
 def test_full_queue_answers_429(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
-    """With the worker busy and the queue full, the next request is refused with 429 at once."""
+    """With the worker busy and the queue full, the next request is refused with 429 and Retry-After at once."""
     started, release = threading.Event(), threading.Event()
 
     class Slow:
@@ -119,8 +232,7 @@ def test_full_queue_answers_429(pipe: Any, vision_telemetry: CapturedTelemetry) 
     with _client(app) as client:
 
         def post() -> None:
-            files = {"image": ("photo.png", _png(), "image/png")}
-            statuses.append(client.post("/edit", files=files, data={"instruction": "add a hat"}).status_code)
+            statuses.append(client.post("/edit", files=_upload(), data={"instruction": "add a hat"}).status_code)
 
         first = threading.Thread(target=post)
         first.start()
@@ -129,13 +241,111 @@ def test_full_queue_answers_429(pipe: Any, vision_telemetry: CapturedTelemetry) 
         second.start()
         while app.state.worker.jobs.qsize() < 1:  # job 2 waits in the queue
             threading.Event().wait(0.01)
-        files = {"image": ("photo.png", _png(), "image/png")}
-        refused = client.post("/edit", files=files, data={"instruction": "add a hat"})
+        refused = client.post("/edit", files=_upload(), data={"instruction": "add a hat"})
         release.set()
         first.join(timeout=60)
         second.join(timeout=60)
     assert refused.status_code == 429 and refused.json()["error"] == "queue_full"
+    assert int(refused.headers["retry-after"]) >= 1
     assert sorted(statuses) == [200, 200]
     errors = [s.attributes.get("error.type") for s in vision_telemetry.spans("edit")]
     assert errors.count("queue_full") == 1 and errors.count(None) == 2
     assert len(vision_telemetry.spans("pipeline")) == 2 and len(vision_telemetry.spans("queue")) == 2
+    assert _requests_by_error(vision_telemetry) == {"queue_full": 1, None: 2}
+
+
+@contextmanager
+def _served(app: Any) -> Iterator[str]:
+    """The app under a real uvicorn on a free 127.0.0.1 port, in a thread, stopped on exit."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_job_of_a_departed_client_is_stopped(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """A client that gives up: its running job stops at the next step, so the next client is served at once."""
+    import httpx
+
+    app = service.create_app(pipe, service.Settings(steps=500, max_steps=500))
+    with _served(app) as url:
+        with pytest.raises(httpx.ReadTimeout):  # gives up after 2 s and closes its connection
+            httpx.post(f"{url}/edit", files=_upload(_png(128, 128)), data={"instruction": "add a hat"}, timeout=2)
+        left = time.monotonic()
+        response = httpx.post(
+            f"{url}/edit", files=_upload(), data={"instruction": "add a hat", "steps": "2"}, timeout=60
+        )
+        served = time.monotonic() - left
+    assert response.status_code == 200 and served < 30
+    stopped, finished = vision_telemetry.spans("pipeline")
+    assert stopped.attributes["error.type"] == "client_disconnected" and "error.type" not in finished.attributes
+    assert _requests_by_error(vision_telemetry) == {"client_disconnected": 1, None: 1}
+
+
+GRACE_S = 1.0
+EXIT_BOUND_S = GRACE_S + 5  # documented: PIX2PIX_SHUTDOWN_GRACE_S + 5 s
+
+
+def test_sigterm_while_a_job_runs_exits_within_the_bound(tmp_path: Path) -> None:
+    """uvicorn in a subprocess: SIGTERM during a long job answers it 503 and exits 0 within grace + 5 s."""
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "PIX2PIX_SHUTDOWN_GRACE_S": str(GRACE_S),
+        "PIX2PIX_MAX_STEPS": "500",
+    }
+    log = (tmp_path / "service.log").open("w")
+    command = [sys.executable, str(SCRIPT), "--port", str(port), "--steps", "500"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    responses: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: responses.append(
+            httpx.post(f"{url}/edit", files=_upload(_png(128, 128)), data={"instruction": "add a hat"}, timeout=120)
+        ),
+        daemon=True,
+    )
+    try:
+        deadline = time.monotonic() + 180  # importing torch and diffusers on a loaded machine
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        client.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not httpx.get(f"{url}/healthz", timeout=5).json()["running"]:
+            time.sleep(0.1)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=EXIT_BOUND_S + 10)  # generous margin on a shared machine
+        took = time.monotonic() - sent
+        client.join(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "service.log").read_text()
+    assert returncode == 0, output
+    assert took < EXIT_BOUND_S + 10, output
+    (response,) = responses
+    assert response.status_code == 503 and response.json()["error"] == "shutting_down"
