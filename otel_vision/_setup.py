@@ -470,6 +470,7 @@ def build(
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
             _atexit_registered = True
+        _flush_on_sigterm()
         _active = handle
         return handle
 
@@ -549,9 +550,36 @@ def _after_fork_in_child() -> None:
 
 
 def _finalize_with_process(handle: Handle) -> None:
+    """In a new multiprocessing process: flush when it ends, also when its pool terminates it with SIGTERM."""
     import multiprocessing.util
+    import signal
 
     multiprocessing.util.Finalize(handle, handle.shutdown, args=(_export.exit_timeout(),), exitpriority=100)
+    _flush_on_sigterm()
+
+
+def _flush_on_sigterm() -> None:
+    """Where SIGTERM still has its default action (the process just dies, skipping atexit), flush first, at most
+    the exit timeout, then let the default action happen: a pod stopped by Kubernetes, a pool terminating its
+    workers, uvicorn re-raising the signal after its graceful shutdown. A handler set by the application wins."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _flush_then_terminate)
+
+
+def _flush_then_terminate(signum: int, frame: object) -> None:
+    import signal
+
+    handle = _active
+    if handle is not None:
+        # On another thread: the signal may have interrupted this thread inside one of our locks.
+        timeout = _export.exit_timeout()
+        flusher = threading.Thread(target=handle.shutdown, args=(timeout,), daemon=True)
+        flusher.start()
+        flusher.join(timeout + 0.5)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if hasattr(os, "register_at_fork"):

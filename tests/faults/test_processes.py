@@ -1,0 +1,141 @@
+"""Forked children, multiprocessing pools and gunicorn workers each export their own spans, as their own process.
+
+Asserted on what rotel received: span names with the ``process.pid`` and ``service.instance.id`` of their resource.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.faults.support import child_env, endpoint_env, run_program
+from tests.test_wire import Rotel, _free_port, _wait_port
+
+pytestmark = pytest.mark.integration
+
+
+def _spans_by_process(rotel: Rotel) -> dict[str, set[tuple[int, str]]]:
+    """Span name -> {(process.pid, service.instance.id)} from rotel's detailed log."""
+    found: dict[str, set[tuple[int, str]]] = {}
+    for block in re.split(r"\nResourceSpans #\d+\n", rotel.text())[1:]:
+        pid = re.search(r"process\.pid: Int\((\d+)\)", block)
+        instance = re.search(r"service\.instance\.id: Str\(([^)]+)\)", block)
+        if pid is None or instance is None:
+            continue
+        for name in re.findall(r"Name\s+: (\S+)", block):
+            found.setdefault(name, set()).add((int(pid.group(1)), instance.group(1)))
+    return found
+
+
+def _wait_spans(rotel: Rotel, names: set[str], timeout: float = 20) -> dict[str, set[tuple[int, str]]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _spans_by_process(rotel)
+        if names <= found.keys() or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+FORK_AND_POOL = """
+import json, multiprocessing, os, otel_vision
+otel_vision.configure(service_name="procs", gpu=False)
+
+def work(i):
+    with otel_vision.stage("{pool_span}"):
+        return os.getpid()
+
+if __name__ == "__main__":
+    with otel_vision.stage("parent-work"):
+        pass
+    child = os.fork()
+    if child == 0:
+        with otel_vision.stage("forked-child"):
+            pass
+        raise SystemExit(0)
+    os.waitpid(child, 0)
+    {pool_code}
+    print(json.dumps({{"parent": os.getpid(), "child": child, "workers": sorted(workers)}}))
+"""
+WITH_POOL = """with multiprocessing.Pool(2) as pool:
+        workers = set(pool.map(work, range(8), chunksize=1))"""
+CLOSE_JOIN = """pool = multiprocessing.Pool(2)
+    workers = set(pool.map(work, range(8), chunksize=1))
+    pool.close()
+    pool.join()"""
+
+
+@pytest.mark.parametrize("pool_code", [WITH_POOL, CLOSE_JOIN], ids=["with-pool-terminates", "close-join"])
+def test_forked_children_and_pool_workers_export_as_themselves(tmp_path: Path, pool_code: str) -> None:
+    """No user code flushes: the forked child and every pool worker deliver their spans, each with its own pid and
+    service.instance.id, and none of them re-sends the parent's spans."""
+    rotel = Rotel(tmp_path)
+    try:
+        program = FORK_AND_POOL.replace("{pool_span}", "pool-work").replace("{pool_code}", pool_code)
+        result = run_program(program.replace("{{", "{").replace("}}", "}"), endpoint_env("grpc", rotel.grpc_port))
+        assert result.returncode == 0, result.stderr
+        pids = result.last_json()
+        found = _wait_spans(rotel, {"parent-work", "forked-child", "pool-work"})
+        assert {pid for pid, _ in found["parent-work"]} == {pids["parent"]}
+        assert {pid for pid, _ in found["forked-child"]} == {pids["child"]}
+        assert {pid for pid, _ in found["pool-work"]} == set(pids["workers"])
+        instances = [i for spans in found.values() for _, i in spans]
+        assert len(set(instances)) == len({pid for spans in found.values() for pid, _ in spans})
+        assert rotel.text().count("Name           : pool-work") == 8
+        assert rotel.text().count("Name           : parent-work") == 1
+    finally:
+        rotel.stop()
+
+
+APP = """
+import os, otel_vision
+otel_vision.configure(service_name="gunicorn-app", gpu=False)
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    with otel_vision.request("handle"):
+        body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_gunicorn_uvicorn_workers_each_export(tmp_path: Path) -> None:
+    """gunicorn with two uvicorn workers, the app configuring otel_vision at import: spans from each worker arrive
+    with that worker's pid, although uvicorn ends each worker by re-raising SIGTERM (no atexit)."""
+    if shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("gunicorn is not installed (a dev dependency)")
+    pytest.importorskip("uvicorn_worker")
+    (tmp_path / "app_module.py").write_text(APP)
+    rotel = Rotel(tmp_path)
+    port = _free_port()
+    args = [
+        str(Path(sys.executable).parent / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", "2",
+        "-b", f"127.0.0.1:{port}", "--graceful-timeout", "10", "--chdir", str(tmp_path),
+        "app_module:app",
+    ]  # fmt: skip
+    with (tmp_path / "gunicorn.err").open("w") as err:
+        server = subprocess.Popen(args, stdout=err, stderr=err, env=child_env(endpoint_env("grpc", rotel.grpc_port)))
+        served: set[int] = set()
+        try:
+            _wait_port(port, timeout=30)
+            for _ in range(60):  # bounded: until both workers answered, or 60 requests
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    served.add(int(response.read()))
+                if len(served) == 2:
+                    break
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+            found = _wait_spans(rotel, {"handle"})
+            rotel.stop()
+    assert served, (tmp_path / "gunicorn.err").read_text()
+    assert {pid for pid, _ in found.get("handle", set())} == served
