@@ -113,7 +113,7 @@ def _render_trace(trace_id: int, members: list[ReadableSpan], total: int, glyphs
         walk(root, "", True, 0)
     # Columns: 2 indent, label, bar, duration (10), details. Narrow terminals shrink the label, then the bar.
     name_width = min(34, max(len(label) for label, _ in rows) + 1, max(12, total // 3))
-    bar_width = max(8, min(40, total - name_width - 2 - 1 - 11 - 16))
+    bar_width = max(8, min(80, total - name_width - 2 - 1 - 11 - 24))
     scale = bar_width / max(t1 - t0, 1)
     lines = [f"trace {trace_id:032x}  {_ms(t1 - t0)}"[:total]]
     for label, span in rows:

@@ -178,7 +178,7 @@ def _session(service_name: str, ui: DemoUI, run: _Run) -> Iterator[None]:
         ui.line()
         ui.line(render_waterfall(spans, width=ui.console.width, ascii=ui.ascii))
         ui.line()
-        ui.line("per-stage summary (host ms): first = the warm-up call, p50/p95/mean = the calls after it")
+        ui.line("per-stage summary (host ms; first = warm-up call, p50/p95/mean = calls after it)")
         ui.summary(spans)
         report = _export_report(handle) if exporting else []
         handle.shutdown()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import sys
+import shutil
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -129,7 +130,7 @@ def _probe_grpc(url: str, signal: str, headers: Mapping[str, str], timeout: floa
         if name == "DEADLINE_EXCEEDED":
             return False, f"no ({target} did not answer within {timeout:g} s)"
         if name == "UNAVAILABLE":
-            return False, f"no ({target} is unavailable: nothing listens, or it does not speak gRPC/TLS as configured)"
+            return False, f"no (unavailable: nothing listens at {target}, or TLS does not match the scheme)"
         return False, f"no (gRPC {name})"
     finally:
         channel.close()
@@ -224,7 +225,7 @@ def collect(environ: Mapping[str, str] | None = None, check_endpoint: bool = Tru
         "logs": settings.logs,
         "endpoints": {},
     }
-    unreachable = []
+    unreachable: dict[tuple[str, str], list[str]] = {}
     for signal, kind in exporters.items():
         if kind == "otlp":
             sig: _config.Signal = signal  # type: ignore[assignment]  # the keys above are the three signals
@@ -237,10 +238,12 @@ def collect(environ: Mapping[str, str] | None = None, check_endpoint: bool = Tru
                 ok, said = _reachable(settings, env, sig)
                 entry["reachable"] = said
                 if not ok:
-                    unreachable.append(f"{signal} endpoint {entry['url']}: {said}")
+                    unreachable.setdefault((entry["url"], said), []).append(signal)
             config["endpoints"][signal] = entry
     report["config"] = config
-    report["problems"] = report["invalid"] + unreachable
+    report["problems"] = report["invalid"] + [
+        f"{', '.join(signals)} endpoint {url}: {said}" for (url, said), signals in unreachable.items()
+    ]
     return report
 
 
@@ -299,12 +302,25 @@ def render(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fit(text: str, width: int) -> str:
+    """Wrap long lines to ``width``, continuing under their own indentation."""
+    lines = []
+    for line in text.splitlines():
+        indent = " " * (len(line) - len(line.lstrip()) + 4)
+        wrapped = textwrap.wrap(line, max(width, 40), subsequent_indent=indent, break_on_hyphens=False)
+        lines.extend(wrapped or [""])
+    return "\n".join(lines)
+
+
 def main(as_json: bool = False, check_endpoint: bool = True) -> int:
     """Print the report; exit status 2 when a variable is invalid, 1 when an endpoint does not accept OTLP."""
     import json
 
     report = collect(check_endpoint=check_endpoint)
-    print(json.dumps(report, indent=2) if as_json else render(report), file=sys.stdout)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_fit(render(report), shutil.get_terminal_size((100, 24)).columns))
     if report["invalid"]:
         return 2
     return 1 if report["problems"] else 0

@@ -175,7 +175,7 @@ class TestDoctor:
         traces = config["endpoints"]["traces"]
         assert traces["url"] == "http://***@127.0.0.1:9" and traces["source"] == "OTEL_EXPORTER_OTLP_ENDPOINT"
         assert traces["reachable"].startswith("no")
-        assert result.returncode == 1 and any("traces endpoint" in p for p in report["problems"])
+        assert result.returncode == 1 and any("traces, metrics, logs endpoint" in p for p in report["problems"])
 
     def test_http_endpoints_get_signal_paths(self) -> None:
         """With http/protobuf the effective endpoints include the per-signal paths."""
