@@ -71,6 +71,12 @@ class DemoUI:
             task = progress.add_task(description, total=total)
             yield lambda: progress.advance(task)
 
+    @contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner on stderr while a one-off step (building a model) runs."""
+        with self.err.status(message, spinner="line"):
+            yield
+
     def summary(self, spans: list[ReadableSpan]) -> None:
         """The per-stage table: the first call (warm-up) apart from the steady state."""
         from rich import box
@@ -267,8 +273,9 @@ def run_yolo(
     sources = [samples[i % len(samples)] for i in range(images)]
     kwargs: dict[str, Any] = {"imgsz": imgsz, "verbose": False, "device": chosen.device}
     with _session("otel-vision-demo-yolo", ui, chosen):
-        model = YOLO(weights or "yolov8n.yaml")
-        instrument_ultralytics(model)
+        with ui.status("building YOLOv8n"):
+            model = YOLO(weights or "yolov8n.yaml")
+            instrument_ultralytics(model)
         with ui.progress("detecting", images + 1) as advance:
             for source in sources:
                 model.predict(source, **kwargs)  # one trace per image
@@ -294,8 +301,9 @@ def run_pix2pix(
 
     chosen = resolve_device(device)
     with _session("otel-vision-demo-pix2pix", ui, chosen):
-        pipe = tiny_instruct_pix2pix(device=chosen.device)
-        instrument_diffusers(pipe)
+        with ui.status("building a tiny InstructPix2Pix pipeline"):
+            pipe = tiny_instruct_pix2pix(device=chosen.device)
+            instrument_diffusers(pipe)
         generator = torch.Generator().manual_seed(0)
         with ui.progress("denoising steps", images * steps) as advance:
 
