@@ -152,8 +152,23 @@ def test_every_alert_passes_its_unit_test() -> None:
 
 @pytest.mark.parametrize(
     ("original", "broken"),
-    [(") > 3\n", ") > 30\n"), ("> 0.05\n", "> 0.5\n"), ("1x20'\n", "1x5'\n")],
-    ids=["latency threshold", "error-ratio threshold", "shorter input series"],
+    [
+        (") > 3\n", ") > 30\n"),
+        ("> 0.05\n", "> 0.5\n"),
+        ("1x20'\n", "1x5'\n"),
+        (
+            'rate(otel_sdk_exporter_span_exported_total{error_type!=""}[5m])',
+            "rate(otel_sdk_exporter_span_exported_total[5m])",
+        ),
+        ('rate(otel_sdk_processor_span_processed_total{error_type!=""}[5m])', "vector(0)"),
+    ],
+    ids=[
+        "latency threshold",
+        "error-ratio threshold",
+        "shorter input series",
+        "drops: delivered counted",
+        "drops: queue",
+    ],
 )
 def test_rule_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, broken: str) -> None:
     """Changing an alert threshold (or the data behind a test) makes promtool test rules fail."""
@@ -280,6 +295,7 @@ def test_overview_has_the_panels_operators_asked_for() -> None:
         "GPU temperature",
         "GPU power",
         "Detections per image",
+        "Telemetry dropped or failed to export",
     ):
         assert wanted in titles
     dashboard = json.loads(DASHBOARD.read_text())
@@ -381,6 +397,12 @@ def _sdk_metrics() -> set[tuple[str, str, str]]:
     return found
 
 
+def _sdk_loss_counters() -> set[str]:
+    from otel_vision import attributes
+
+    return {value for key, value in vars(attributes).items() if key.startswith("METRIC_SDK_")}
+
+
 def test_dashboards_and_rules_use_the_names_the_sdk_emits() -> None:
     """Every otel_vision metric name in a dashboard or a rule is the OTLP->Prometheus name of an SDK metric."""
     promql()
@@ -392,8 +414,12 @@ def test_dashboards_and_rules_use_the_names_the_sdk_emits() -> None:
         used |= metric_names(substitute_grafana_variables(query.expr))
     for rule in rule_expressions():
         used |= metric_names(rule.expr)
+    # The SDK's loss counters (otel.sdk.*) only exist once something was exported or lost: their names come from
+    # otel_vision.attributes, translated like the others (counters in {item} units).
+    emitted |= {f"{name.replace('.', '_')}_total" for name in _sdk_loss_counters()}
     ours = {n for n in used if not n.startswith(("otelcol_", "traces_span_metrics_")) and n != "target_info"}
     assert ours <= emitted, sorted(ours - emitted)
+    assert "otel_sdk_exporter_span_exported_total" in ours
     assert {"hw_gpu_utilization_ratio", "vision_requests_total", "hw_energy_joules_total"} <= emitted
 
 

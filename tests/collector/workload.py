@@ -22,6 +22,7 @@ receives SIGTERM or its standard input closes.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -106,6 +107,23 @@ def _pix2pix_worker(pipe: Any, jobs: queue.Queue[Any], torch: Any) -> None:
             done.set()
 
 
+def _dead_otlp(port: int) -> dict[str, str]:
+    """Traces and logs to a port where nothing listens, with queues small enough to overflow within seconds."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "4",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_MAX_QUEUE_SIZE": "4",
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "2",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="port of the Prometheus endpoint on 127.0.0.1")
@@ -116,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edits", type=int, default=len(PIX2PIX_INSTRUCTIONS), help="successful edits per round")
     parser.add_argument("--no-yolo", action="store_true")
     parser.add_argument("--no-classify", action="store_true")
+    parser.add_argument(
+        "--dead-otlp",
+        type=int,
+        metavar="PORT",
+        help="also export traces and logs over OTLP/HTTP to this closed port on 127.0.0.1, with small queues: the "
+        "SDK's loss counters (otel.sdk.*) then count failed exports and queue drops",
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -124,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import otel_vision
     from otel_vision import _config, _setup
-    from otel_vision._demo import _classify
+    from otel_vision._demo import DemoUI, _classify
     from otel_vision._tiny_pipelines import tiny_instruct_pix2pix
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     torch.set_num_threads(1)
     fake = _fake_gpu(args.fake_gpus) if args.fake_gpus else None
+    dead = _dead_otlp(args.dead_otlp) if args.dead_otlp else {}
+    os.environ.update(dead)  # the export queues read the OTEL_BSP_*/OTEL_BLRP_* variables from the environment
     settings = _config.resolve(
         service_name=args.service,
         resource_attributes={"vision.dtype": args.dtype},
@@ -141,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "OTEL_EXPORTER_PROMETHEUS_PORT": str(args.port),
             "OTEL_TRACES_EXPORTER": "none",
             "OTEL_LOGS_EXPORTER": "none",
+            **dead,
         },
     )
     handle = _setup.build(settings, cuda=fake.cuda if fake else None, nvml=fake.nvml if fake else None)
@@ -155,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         gpu_thread.start()
 
+    quiet_ui = DemoUI(out=io.StringIO(), err=io.StringIO())  # the demo's terminal output, discarded
     pipe = tiny_instruct_pix2pix(dtype=getattr(torch, args.dtype))
     otel_vision.instrument_diffusers(pipe)
     yolo = sources = None
@@ -185,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs.put((time.time_ns(), FAILING_INSTRUCTION, None, done))
         pending.append(done)
         if not args.no_classify:
-            _classify(torch, 2, "cpu", 64)
+            _classify(torch, 2, "cpu", 64, quiet_ui)
         if yolo is not None:
             _yolo_round(yolo, sources)
         for done in pending:
