@@ -152,6 +152,22 @@ def test_refusals_are_clear_and_counted(
     assert vision_telemetry.spans("pipeline") == []
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("PIX2PIX_MAX_PIXELS", "lots", "PIX2PIX_MAX_PIXELS must be an integer, got 'lots'"),
+        ("PIX2PIX_JOB_TIMEOUT_S", "0", "PIX2PIX_JOB_TIMEOUT_S must be a positive number of seconds"),
+        ("PIX2PIX_STEPS", "500", "PIX2PIX_STEPS (500) must not exceed PIX2PIX_MAX_STEPS (100)"),
+    ],
+)
+def test_bad_limit_variables_are_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
+    """A malformed limit stops the service at startup with a message naming the variable."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError) as error:
+        service.create_app(object())
+    assert words in str(error.value)
+
+
 def test_body_limit_holds_without_content_length(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
     """A chunked upload (no Content-Length to check up front) is cut off at the byte limit: 413, counted."""
 
