@@ -846,6 +846,11 @@ class ExportPipeline:
         for obj in self.deadline_aware:
             obj.shutdown_deadline = deadline
 
+    def join(self, deadline: float) -> None:
+        """Wait (until ``deadline``, monotonic) for the export threads to finish what they are sending."""
+        for queue in self.queues:
+            queue.settle(max(0.0, deadline - time.monotonic()))
+
     def stop_now(self) -> None:
         """Past the deadline: interrupt every export still running and count what is left as dropped."""
         for queue in self.queues:

@@ -102,6 +102,8 @@ class Handle:
         What has not been delivered by then is dropped, counted, and named in one warning line.
         """
         if self._closed:
+            # Already shutting down (a SIGTERM arriving during the exit flush): let that flush finish, bounded.
+            self._exports.join(time.monotonic() + max(0.0, timeout))
             return
         self._closed = True
         deadline = time.monotonic() + max(0.0, timeout)

@@ -72,14 +72,21 @@ CLOSE_JOIN = """pool = multiprocessing.Pool(2)
     pool.join()"""
 
 
-@pytest.mark.parametrize("pool_code", [WITH_POOL, CLOSE_JOIN], ids=["with-pool-terminates", "close-join"])
-def test_forked_children_and_pool_workers_export_as_themselves(tmp_path: Path, pool_code: str) -> None:
+@pytest.mark.parametrize(
+    ("pool_code", "protocol"),
+    [(WITH_POOL, "grpc"), (CLOSE_JOIN, "http/protobuf")],
+    ids=["with-pool-terminates-grpc", "close-join-http"],
+)
+def test_forked_children_and_pool_workers_export_as_themselves(tmp_path: Path, pool_code: str, protocol: str) -> None:
     """No user code flushes: the forked child and every pool worker deliver their spans, each with its own pid and
     service.instance.id, and none of them re-sends the parent's spans."""
     rotel = Rotel(tmp_path)
     try:
         program = FORK_AND_POOL.replace("{pool_span}", "pool-work").replace("{pool_code}", pool_code)
-        result = run_program(program.replace("{{", "{").replace("}}", "}"), endpoint_env("grpc", rotel.grpc_port))
+        result = run_program(
+            program.replace("{{", "{").replace("}}", "}"),
+            endpoint_env(protocol, rotel.grpc_port if protocol == "grpc" else rotel.http_port),
+        )
         assert result.returncode == 0, result.stderr
         pids = result.last_json()
         found = _wait_spans(rotel, {"parent-work", "forked-child", "pool-work"})
