@@ -39,6 +39,7 @@ from otel_vision.gpu._sampler import NvmlSampler, Window
 
 logger = logging.getLogger("otel_vision.gpu")
 
+_SCAN_PAST_NOT_READY: Final = 64
 MAX_PENDING: Final = 4096
 """GPU spans waiting for their events at most; beyond, spans are exported without ``gpu.time`` (and counted)."""
 
@@ -325,13 +326,20 @@ class GpuSpanProcessor(SpanProcessor):
             self._queue.items.clear()
         waiting = []
         now = time.monotonic()
+        not_ready = 0
         for pending in batch:
+            if not_ready >= _SCAN_PAST_NOT_READY and not force and now < pending.deadline:
+                # Work completes in order on a stream: past this many unfinished spans, newer ones wait for the next
+                # pass instead of being queried now (keeps a pass cheap when the device is behind).
+                waiting.append(pending)
+                continue
             try:
                 enriched = self._resolve(pending, force=force or now >= pending.deadline, flushing=flushing)
             except Exception:
                 report_internal_error("GPU span enrichment")
                 enriched = pending.span
             if enriched is None:
+                not_ready += 1
                 waiting.append(pending)
             else:
                 self._forward(enriched)
