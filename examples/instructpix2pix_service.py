@@ -28,6 +28,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
@@ -218,13 +219,50 @@ class Job:
         return self.started_at is not None and time.monotonic() - self.started_at > self.timeout_s
 
 
+class JobQueue:
+    """A bounded FIFO of jobs in which a cancelled job (its client left) gives its place back at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._jobs: deque[Job] = deque()
+        self._ready = threading.Condition()
+
+    def put(self, job: Job) -> None:
+        """Enqueue, or raise ``queue.Full`` when ``capacity`` live jobs wait."""
+        with self._ready:
+            self._drop_cancelled()
+            if len(self._jobs) >= self.capacity:
+                raise queue.Full
+            self._jobs.append(job)
+            self._ready.notify()
+
+    def get(self, timeout: float) -> Job | None:
+        """The oldest job (cancelled ones included: the worker answers them), or ``None`` after ``timeout``."""
+        with self._ready:
+            if not self._jobs:
+                self._ready.wait(timeout)
+            return self._jobs.popleft() if self._jobs else None
+
+    def qsize(self) -> int:
+        """Jobs waiting whose clients still wait."""
+        with self._ready:
+            return sum(1 for job in self._jobs if job.stop_reason is None)
+
+    def _drop_cancelled(self) -> None:
+        for job in list(self._jobs):
+            reason = job.stop_reason
+            if reason is not None:
+                self._jobs.remove(job)
+                job.result.set_exception(reason())
+
+
 class Worker:
     """The single GPU worker: takes jobs in order, runs the pipeline under the submitting request's context."""
 
     def __init__(self, pipe: Any, settings: Settings) -> None:
         self.pipe = pipe
         self.settings = settings
-        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=settings.queue)
+        self.jobs = JobQueue(settings.queue)
         self.thread = threading.Thread(target=self._run, name="pix2pix-worker", daemon=True)
         self.current: Job | None = None
         self.mean_job_s = 1.0  # recent mean run time, for Retry-After
@@ -244,11 +282,9 @@ class Worker:
         self.drain()
         self._stopped = True
         self.thread.join(timeout=timeout)
-        while True:  # anything still queued (the worker is gone or stuck): answer it
-            try:
-                self.jobs.get_nowait().result.set_exception(ShuttingDownError())
-            except queue.Empty:
-                break
+        while (job := self.jobs.get(timeout=0)) is not None:  # still queued (the worker is gone or stuck): answer it
+            job.cancel(ShuttingDownError)
+            job.result.set_exception(ShuttingDownError())
 
     def grace_over(self) -> bool:
         since = self.draining_since
@@ -258,7 +294,7 @@ class Worker:
         if self.draining_since is not None:
             raise ShuttingDownError()
         try:
-            self.jobs.put_nowait(job)
+            self.jobs.put(job)
         except queue.Full:
             raise QueueFullError(self.settings.queue, self.retry_after()) from None
 
@@ -269,9 +305,8 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stopped:
-            try:
-                job = self.jobs.get(timeout=POLL_S)
-            except queue.Empty:
+            job = self.jobs.get(timeout=POLL_S)
+            if job is None:
                 continue
             if job.stop_reason is None and self.draining_since is not None:
                 job.cancel(ShuttingDownError)

@@ -309,6 +309,35 @@ def test_job_of_a_departed_client_is_stopped(pipe: Any, vision_telemetry: Captur
     assert _requests_by_error(vision_telemetry) == {"client_disconnected": 1, None: 1}
 
 
+def test_queued_job_of_a_departed_client_gives_its_place_back(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """A client that leaves while its job waits: the job never runs and its place in the queue is free at once."""
+    import httpx
+
+    settings = service.Settings(queue=1, steps=500, max_steps=500, job_timeout_s=6.0, min_side=16)
+    app = service.create_app(pipe, settings)
+    small = {"instruction": "add a hat", "steps": "1"}
+    with _served(app) as url:
+        results: dict[str, Any] = {}
+
+        def post(name: str, image: bytes, data: dict[str, str]) -> None:
+            results[name] = httpx.post(f"{url}/edit", files=_upload(image), data=data, timeout=120)
+
+        running = threading.Thread(target=post, args=("running", _png(128, 128), {"instruction": "add a hat"}))
+        running.start()
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{url}/healthz").json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(httpx.ReadTimeout):  # queued behind the running job; gives up after 1 s
+            httpx.post(f"{url}/edit", files=_upload(_png(16, 16)), data=small, timeout=1)
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/healthz").json()["queued"] == 0
+        post("next", _png(16, 16), small)  # takes the freed place (a full queue would answer 429)
+        running.join(timeout=60)
+    assert results["running"].status_code == 504 and results["next"].status_code == 200
+    assert [s.attributes.get("error.type") for s in vision_telemetry.spans("pipeline")] == ["job_timeout", None]
+    assert _requests_by_error(vision_telemetry) == {"job_timeout": 1, "client_disconnected": 1, None: 1}
+
+
 GRACE_S = 1.0
 EXIT_BOUND_S = GRACE_S + 5  # documented: PIX2PIX_SHUTDOWN_GRACE_S + 5 s
 
