@@ -776,23 +776,6 @@ class QueueSettings:
         return cls(queue, batch, delay / 1000, timeout_ms / 1000)
 
 
-def exporter_timeout(signal: str, environ: Mapping[str, str] | None = None) -> float:
-    """The OTLP timeout in seconds for ``signal`` (``OTEL_EXPORTER_OTLP_{SIGNAL}_TIMEOUT``, then the generic one)."""
-    env = os.environ if environ is None else environ
-    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
-        raw = env.get(name, "").strip()
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            if value > 0:
-                # The specification says milliseconds; the Python SDK has read seconds for years. Values above
-                # 1000 can only be milliseconds.
-                return value / 1000 if value > 1000 else value
-    return DEFAULT_EXPORT_TIMEOUT_S
-
-
 @dataclass
 class ExportPipeline:
     """Every export-path object of one pipeline, so a handle can flush, bound and account for them together."""

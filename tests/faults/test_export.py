@@ -236,3 +236,22 @@ def test_multi_megabyte_exception_messages_do_not_lose_spans(tmp_path: Path) -> 
         assert rotel.received("spans") == 1001
     finally:
         rotel.stop()
+
+
+def test_credentials_never_reach_the_output() -> None:
+    """An endpoint with user:password@ and a secret header: neither the password nor the header value appears in
+    anything printed, while the failure itself is reported."""
+    with dead_endpoint("closed") as port:
+        result = run_program(
+            BOUNDED,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://scott:tiger-secret@127.0.0.1:{port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20header-secret",
+            },
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "cannot export" in result.stderr
+    output = result.stdout + result.stderr
+    assert "tiger-secret" not in output and "header-secret" not in output, output
