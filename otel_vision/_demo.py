@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util.types import AttributeValue
 
-from otel_vision import _config
+from otel_vision import _config, _export
 from otel_vision import attributes as a
 from otel_vision._console import render_waterfall, stage_stats
 from otel_vision._setup import Handle, configure
@@ -152,16 +152,16 @@ def resolve_device(requested: str) -> _Run:
 
 
 def _export_report(handle: Handle) -> list[str]:
-    """The lines that say where the telemetry went (shown last). Issue 9 extends this with a per-signal
-    "delivered / dropped" count; until then it states the destination without claiming delivery."""
+    """The lines that say where the telemetry went and, per signal, what was delivered and what was lost (shown
+    last, after the pipeline shut down, so the counts are final)."""
     settings = handle.settings
-    lines = []
     kinds = {"traces": settings.traces_exporter, "metrics": settings.metrics_exporter, "logs": settings.logs_exporter}
-    for signal in _config.SIGNALS:
-        kind = kinds[signal]
-        if kind == "otlp":
-            url = _config.redact_endpoint(settings.endpoint_for(signal))
-            lines.append(f"exported over OTLP ({settings.protocol}): {signal} to {url}")
+    otlp = [signal for signal in _config.SIGNALS if kinds[signal] == "otlp"]
+    if not otlp:
+        return []
+    destinations = sorted({_config.redact_endpoint(settings.endpoint_for(signal)) for signal in otlp})
+    lines = [f"OTLP ({settings.protocol}) to {', '.join(destinations)}:"]
+    lines += [f"  {line}" for line in _export.describe(handle.delivery(), otlp)]
     return lines
 
 
@@ -186,8 +186,8 @@ def _session(service_name: str, ui: DemoUI, run: _Run) -> Iterator[None]:
         ui.line()
         ui.line("per-stage summary (host ms; first = warm-up call, p50/p95/mean = calls after it)")
         ui.summary(spans)
+        handle.shutdown(timeout=5.0)
         report = _export_report(handle) if exporting else []
-        handle.shutdown()
         if report:
             ui.line()
             for line in report:

@@ -204,7 +204,8 @@ def test_demo_exports_when_an_endpoint_is_set(rotel: Rotel, tmp_path: Path) -> N
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "exported over OTLP" in result.stdout
+    assert re.search(r"traces: [1-9]\d* spans delivered\n", result.stdout), result.stdout
+    assert "lost" not in result.stdout
     text = rotel.wait_for("Name           : classify", "Name           : inference", "vision.stage.duration")
     assert "service.name: Str(otel-vision-demo)" in text and "vision.request.duration" in text
 

@@ -255,3 +255,17 @@ def test_credentials_never_reach_the_output() -> None:
     assert "cannot export" in result.stderr
     output = result.stdout + result.stderr
     assert "tiger-secret" not in output and "header-secret" not in output, output
+
+
+def test_demo_reports_what_was_lost_when_the_collector_is_down() -> None:
+    """`otel-vision demo` with an endpoint where nothing listens says, per signal, that nothing was delivered and
+    what was lost, instead of claiming an export."""
+    with dead_endpoint("closed") as port:
+        result = run_program(
+            "import sys; from otel_vision.cli import main; sys.exit(main(['demo', '--images', '1', '--size', '64']))",
+            endpoint_env("grpc", port, OTEL_EXPORTER_OTLP_TIMEOUT="1"),
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "traces: 0 spans delivered" in result.stdout and "lost" in result.stdout, result.stdout
+    assert "exported over OTLP" not in result.stdout
