@@ -290,6 +290,27 @@ def _served(app: Any) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+def test_oversized_uploads_get_413_over_a_real_connection(vision_telemetry: CapturedTelemetry) -> None:
+    """Through uvicorn, a client sending 20 MB against a 1 MB limit reads the 413 (no reset connection), declared
+    or chunked."""
+    import httpx
+
+    def chunked() -> Iterator[bytes]:
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(320):  # 20 MiB
+            yield b"\0" * 65536
+
+    app = service.create_app(object(), service.Settings(max_upload_bytes=1_000_000))
+    with _served(app) as url:
+        declared = httpx.post(f"{url}/edit", files=_upload(b"\0" * 20_000_000), data={"instruction": "x"}, timeout=60)
+        streamed = httpx.post(
+            f"{url}/edit", content=chunked(), headers={"content-type": "multipart/form-data; boundary=x"}, timeout=60
+        )
+    for response in (declared, streamed):
+        assert response.status_code == 413 and response.json()["error"] == "upload_too_large"
+    assert _requests_by_error(vision_telemetry) == {"upload_too_large": 2}
+
+
 def test_job_of_a_departed_client_is_stopped(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
     """A client that gives up: its running job stops at the next step, so the next client is served at once."""
     import httpx
