@@ -343,7 +343,8 @@ class Sender:
             attempt += 1
             if self._stop.is_set() or time.monotonic() + wait >= deadline or self._stop.wait(wait):
                 if not self.written_off:
-                    self._accounting.failed(self.signal, count, classify(reason))
+                    error = "shutdown" if reason is None and self._stop.is_set() else classify(reason)
+                    self._accounting.failed(self.signal, count, error)
                 return False
 
     def _failing(self, reason: str | None) -> None:
