@@ -343,7 +343,8 @@ class Sender:
             attempt += 1
             if self._stop.is_set() or time.monotonic() + wait >= deadline or self._stop.wait(wait):
                 if not self.written_off:
-                    error = "shutdown" if reason is None and self._stop.is_set() else classify(reason)
+                    # Given up because the pipeline shuts down (the exporter was interrupted): say so.
+                    error = "shutdown" if self._stop.is_set() else classify(reason)
                     self._accounting.failed(self.signal, count, error)
                 return False
 
