@@ -506,6 +506,8 @@ class BatchQueue(Generic[Item]):
             self._cond.notify_all()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         self.abort()
+        self.settle(0.05)
+        self.write_off_in_flight()
 
     def settle(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for the export thread to finish after `abort`."""
@@ -524,7 +526,11 @@ class BatchQueue(Generic[Item]):
                 self._settle_dropped(left, "shutdown")
             self._cond.notify_all()
         self._sender.abort()
-        self._thread.join(0.05)
+
+    def write_off_in_flight(self) -> None:
+        """After `abort` and a short `settle`: count an export that still has not returned as lost now."""
+        if self._inherited:
+            return
         with self._cond:
             if self._in_flight and not self._sender.written_off:
                 # The export in flight does not answer (a collector that hangs): count it lost now, so the summary
@@ -842,8 +848,11 @@ class ExportPipeline:
             queue.abort()
         for exporter in self.metric_exporters:
             exporter.abort()
+        settled = time.monotonic() + 0.1  # an interrupted export counts its batch itself: let it, before the summary
         for queue in self.queues:
-            queue.settle(0.1)  # an interrupted export counts its batch as failed: let it, before the summary
+            queue.settle(max(0.0, settled - time.monotonic()))
+        for queue in self.queues:
+            queue.write_off_in_flight()
 
 
 OTEL_VISION_EXIT_TIMEOUT: Final = "OTEL_VISION_EXIT_TIMEOUT"

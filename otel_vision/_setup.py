@@ -554,7 +554,6 @@ def _after_fork_in_child() -> None:
 def _finalize_with_process(handle: Handle) -> None:
     """In a new multiprocessing process: flush when it ends, also when its pool terminates it with SIGTERM."""
     import multiprocessing.util
-    import signal
 
     multiprocessing.util.Finalize(handle, handle.shutdown, args=(_export.exit_timeout(),), exitpriority=100)
     _flush_on_sigterm()
