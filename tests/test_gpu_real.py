@@ -208,3 +208,24 @@ def test_instrument_module_adds_no_synchronization(real_gpu_telemetry: CapturedT
     assert len(spans) == 3 and all(s.attributes["gpu.time"] > 0 for s in spans)
     assert all(s.attributes["vision.device"] == "cuda:0" for s in spans)
     assert all(s.attributes["gpu.time"] > 0 for s in real_gpu_telemetry.spans("layer4"))
+
+
+def test_waiting_spans_stay_capped_while_the_device_is_busy(real_gpu_telemetry: CapturedTelemetry) -> None:
+    """With the device kept busy (``torch.cuda._sleep``), more stages end than the GPU span processor keeps waiting:
+    the overflow is exported at once without gpu.time and counted, the rest get gpu.time once the device catches up,
+    and every span is exported."""
+    from otel_vision.gpu._spans import MAX_PENDING
+
+    torch.zeros(1, device="cuda")
+    torch.cuda._sleep(2_000_000_000)  # about a second of device time ahead of the host
+    count = MAX_PENDING + 500
+    for _ in range(count):
+        with otel_vision.stage("queued"):
+            torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+    spans = real_gpu_telemetry.spans("queued")
+    assert len(spans) == count
+    timed = sum("gpu.time" in s.attributes for s in spans)
+    assert MAX_PENDING - 100 <= timed <= MAX_PENDING
+    points = real_gpu_telemetry.points("vision.gpu.incomplete_spans")
+    assert sum(p.value for p in points if p.attributes["error.type"] == "waiting_full") >= count - MAX_PENDING
