@@ -604,6 +604,9 @@ def main() -> None:
     parser.add_argument("--queue", type=int, help="jobs allowed to wait before answering 429 (PIX2PIX_QUEUE)")
     parser.add_argument("--steps", type=int, help="default denoising steps (PIX2PIX_STEPS)")
     args = parser.parse_args()
+    for option, value in (("--queue", args.queue), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be at least 1, got {value}")
     try:
         settings = Settings.from_env()
     except ValueError as exc:
