@@ -134,7 +134,12 @@ class FakeCuda:
 
 
 class FakeNvml:
-    """An `NvmlBackend` whose utilization samples and readings a test sets explicitly."""
+    """An `NvmlBackend` whose utilization samples and readings a test sets explicitly.
+
+    ``energy_joules`` is the energy counter as read (``None``: a GPU without one, older than Volta); `draw` makes it
+    advance with time at a given power, and ``energy_update_period`` makes it advance in steps, like a driver
+    counter that updates less often than it is read. ``sm_clock_mhz`` and `throttle` set the clocks.
+    """
 
     def __init__(self, devices: Sequence[DeviceInfo] | None = None) -> None:
         self._devices = (
@@ -144,8 +149,13 @@ class FakeNvml:
         )
         self._samples: dict[str, list[tuple[int, float]]] = {d.uuid: [] for d in self._devices}
         self.memory_used = 2 * 2**30
-        self.power_watts = 120.0
-        self.energy_joules = 5000.0
+        self.power_watts: float | None = 120.0
+        self.energy_joules: float | None = 5000.0
+        self.energy_update_period: float | None = None
+        self._draw: tuple[int, float] | None = None
+        self.sm_clock_mhz: float | None = 1980.0
+        self.clock_event_reasons: int | None = 0
+        """NVML's bitmask (``None``: the driver cannot report reasons); `throttle` sets it by short names."""
         self.temperature = 45.0
         self.unavailable: str | None = None
         self.reports_utilization = True
@@ -157,6 +167,35 @@ class FakeNvml:
         key = uuid or self._devices[0].uuid
         ts_us = (time.time_ns() if at_ns is None else at_ns) // 1000
         self._samples[key].append((ts_us, value))
+
+    def throttle(self, *reasons: str) -> None:
+        """Set the current clock event reasons by short name (``"sw_thermal"``, …); no name: not throttled."""
+        from otel_vision.gpu._backends import CLOCK_EVENT_REASONS
+
+        bits = {name: bit for bit, name in CLOCK_EVENT_REASONS.items()}
+        unknown = [r for r in reasons if r not in bits]
+        if unknown:
+            raise ValueError(f"unknown clock event reasons {unknown}; known: {sorted(bits)}")
+        mask = 0
+        for reason in reasons:
+            mask |= bits[reason]
+        self.clock_event_reasons = mask
+
+    def draw(self, watts: float) -> None:
+        """From now on the device draws ``watts``: power reads it and the energy counter advances with time."""
+        self.energy_joules = self._energy_now()
+        self.power_watts = watts
+        self._draw = (time.time_ns(), watts)
+
+    def _energy_now(self) -> float | None:
+        if self._draw is None or self.energy_joules is None:
+            return self.energy_joules
+        since, watts = self._draw
+        elapsed = time.time_ns() - since
+        if self.energy_update_period:
+            period = int(self.energy_update_period * 1e9)
+            elapsed -= elapsed % period  # the counter's value at its last update
+        return self.energy_joules + watts * elapsed / 1e9
 
     def devices(self) -> Sequence[DeviceInfo]:
         if self.unavailable is not None:
@@ -173,8 +212,10 @@ class FakeNvml:
             memory_total=device.memory_total,
             utilization=(samples[-1][1] if samples else 0.0) if self.reports_utilization else None,
             power_watts=self.power_watts,
-            energy_joules=self.energy_joules,
+            energy_joules=self._energy_now(),
             temperature_celsius=self.temperature,
+            sm_clock_mhz=self.sm_clock_mhz,
+            clock_event_reasons=self.clock_event_reasons,
         )
 
     def utilization_samples(self, device: DeviceInfo, since_us: int) -> list[tuple[int, float]]:
@@ -222,6 +263,9 @@ class CapturedTelemetry:
 
     def points(self, metric: str) -> list[Any]:
         """The data points of one metric (histogram, sum or gauge points), collected now."""
+        span_metrics = self.handle._exports.span_metrics
+        if span_metrics is not None:
+            span_metrics.drain()  # duration metrics are recorded from finished spans, off the calling thread
         data = self.metric_reader.get_metrics_data()
         points: list[Any] = []
         if data is None:

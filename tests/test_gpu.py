@@ -346,3 +346,151 @@ class TestDegradation:
     def test_gpu_unavailable_message(self) -> None:
         """GpuUnavailable carries the reason shown by `otel-vision doctor`."""
         assert str(GpuUnavailable("NVML sees no GPU")) == "NVML sees no GPU"
+
+
+def _poll(captured: CapturedTelemetry) -> None:
+    """Step the sampler once (the tests below run it with a one-hour interval, so only they and flushes poll)."""
+    captured.handle.gpu.sampler.poll()  # type: ignore[union-attr]  # GPU telemetry is on here
+
+
+def _seconds(span: object) -> float:
+    return (span.end_time - span.start_time) / 1e9  # type: ignore[attr-defined]  # a finished SDK span
+
+
+class TestThrottling:
+    def test_throttled_span_gets_reasons_and_mean_clock(self, fake_gpu: FakeGpu) -> None:
+        """A stage run while the GPU is thermally throttled carries the reasons' short names and its SM clock."""
+        fake_gpu.nvml.throttle("sw_thermal", "hw_slowdown", "gpu_idle")
+        fake_gpu.nvml.sm_clock_mhz = 1200.0
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                fake_gpu.cuda.run(0.01)
+            span = captured.span("inference")
+            assert list(span.attributes["gpu.throttle.reasons"]) == ["hw_slowdown", "sw_thermal"]
+            assert span.attributes["gpu.clock.sm"] == pytest.approx(1200.0)
+
+    def test_unthrottled_span_has_clock_but_no_reasons(self, fake_gpu: FakeGpu) -> None:
+        """Idle or application clocks are not throttling: the span gets gpu.clock.sm and no gpu.throttle.reasons."""
+        fake_gpu.nvml.throttle("gpu_idle", "applications_clocks")
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                pass
+            span = captured.span("inference")
+            assert "gpu.throttle.reasons" not in span.attributes
+            assert span.attributes["gpu.clock.sm"] == pytest.approx(1980.0)
+
+    def test_throttling_after_the_window_is_not_joined(self, fake_gpu: FakeGpu) -> None:
+        """Only polls around the span's own window count: throttling that starts after the poll following the span
+        (and the lower clock that comes with it) is not put on the span."""
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                time.sleep(0.01)
+            _poll(captured)
+            fake_gpu.nvml.throttle("hw_power_brake")
+            fake_gpu.nvml.sm_clock_mhz = 800.0
+            _poll(captured)
+            span = captured.span("inference")
+            assert "gpu.throttle.reasons" not in span.attributes
+            assert span.attributes["gpu.clock.sm"] == pytest.approx(1980.0)
+
+    def test_clock_is_the_time_weighted_mean_between_polls(self, fake_gpu: FakeGpu) -> None:
+        """The SM clock is interpolated between the polls around the window: it lies between their two values."""
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                time.sleep(0.01)
+            fake_gpu.nvml.throttle("sw_power_cap")
+            fake_gpu.nvml.sm_clock_mhz = 1000.0
+            span = captured.span("inference")  # the flush polls: the throttled reading follows the window
+            assert list(span.attributes["gpu.throttle.reasons"]) == ["sw_power_cap"]
+            assert 1000.0 < span.attributes["gpu.clock.sm"] < 1980.0
+
+    def test_throttle_time_metric_per_reason(self, fake_gpu: FakeGpu) -> None:
+        """vision.gpu.throttle.time counts seconds per throttle reason and GPU; idle never counts as throttling."""
+        fake_gpu.nvml.throttle("sw_thermal", "gpu_idle")
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            started = time.monotonic()
+            time.sleep(0.05)
+            _poll(captured)
+            elapsed = time.monotonic() - started
+            points = {p.attributes["gpu.throttle.reason"]: p for p in captured.points("vision.gpu.throttle.time")}
+        assert 0 < points["sw_thermal"].value <= elapsed + 1.0
+        assert points["sw_thermal"].attributes == {
+            "hw.id": UUID,
+            "hw.name": "gpu0",
+            "gpu.throttle.reason": "sw_thermal",
+        }
+        assert "gpu_idle" not in points
+        assert all(p.value == 0 for reason, p in points.items() if reason != "sw_thermal")
+        assert set(points) == {
+            "sw_power_cap",
+            "hw_slowdown",
+            "sync_boost",
+            "sw_thermal",
+            "hw_thermal",
+            "hw_power_brake",
+            "board_limit",
+            "reliability",
+        }
+
+    def test_driver_without_clock_calls(self, fake_gpu: FakeGpu) -> None:
+        """When NVML cannot read clocks or reasons (old GPU, MIG), the attributes and the metric are absent."""
+        fake_gpu.nvml.sm_clock_mhz = None
+        fake_gpu.nvml.clock_event_reasons = None
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                fake_gpu.cuda.run(0.001)
+            span = captured.span("inference")
+            assert span.attributes["gpu.time"] == pytest.approx(0.001)
+            assert not {"gpu.clock.sm", "gpu.throttle.reasons"} & set(span.attributes)
+            assert "vision.gpu.throttle.time" not in captured.metric_names()
+
+    def test_unknown_reason_name_is_refused(self) -> None:
+        """FakeNvml.throttle names the reason it does not know."""
+        with pytest.raises(ValueError, match="'too_hot'"):
+            FakeNvml().throttle("too_hot")
+
+
+class TestEnergy:
+    def test_energy_is_the_counter_difference_over_the_window(self, fake_gpu: FakeGpu) -> None:
+        """gpu.energy is what the energy counter gained during the span: 300 W for the span's duration."""
+        fake_gpu.nvml.draw(300.0)
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                time.sleep(0.02)
+            span = captured.span("inference")
+            assert span.attributes["gpu.energy"] == pytest.approx(300.0 * _seconds(span), rel=1e-3)
+
+    def test_stale_counter_falls_back_to_power(self, fake_gpu: FakeGpu) -> None:
+        """A counter that did not advance around a short span never yields 0 J: power times duration is used."""
+        fake_gpu.nvml.draw(200.0)
+        fake_gpu.nvml.energy_update_period = 3600.0
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                time.sleep(0.01)
+            span = captured.span("inference")
+            assert span.attributes["gpu.energy"] == pytest.approx(200.0 * _seconds(span), rel=1e-3)
+
+    def test_no_counter_and_no_power_means_no_energy(self, fake_gpu: FakeGpu) -> None:
+        """Without an energy counter and power readings, gpu.energy is absent; the other attributes remain."""
+        fake_gpu.nvml.energy_joules = None
+        fake_gpu.nvml.power_watts = None  # a driver that reads no power
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("inference"):
+                fake_gpu.cuda.run(0.002)
+            span = captured.span("inference")
+            assert "gpu.energy" not in span.attributes and span.attributes["gpu.clock.sm"] == pytest.approx(1980.0)
+
+    def test_request_energy_histogram(self, fake_gpu: FakeGpu) -> None:
+        """vision.request.energy records each request's gpu.energy by operation and model; stages do not record."""
+        fake_gpu.nvml.draw(250.0)
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            for _ in range(2):
+                with otel_vision.request("predict", attributes={"vision.model.name": "yolov8n"}):
+                    with otel_vision.stage("inference"):
+                        time.sleep(0.01)
+            requests = captured.spans("predict")
+            (point,) = captured.points("vision.request.energy")
+        assert point.attributes == {"vision.operation": "predict", "vision.model.name": "yolov8n"}
+        assert point.count == 2
+        assert point.sum == pytest.approx(sum(s.attributes["gpu.energy"] for s in requests))
+        assert point.sum == pytest.approx(250.0 * sum(_seconds(s) for s in requests), rel=1e-3)

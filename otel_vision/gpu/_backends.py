@@ -36,6 +36,30 @@ class DeviceReading:
     power_watts: float | None = None
     energy_joules: float | None = None
     temperature_celsius: float | None = None
+    sm_clock_mhz: float | None = None
+    """Current SM clock (``nvmlDeviceGetClockInfo(NVML_CLOCK_SM)``)."""
+    clock_event_reasons: int | None = None
+    """Bitmask of the current clock event (throttle) reasons, as NVML returns it (`CLOCK_EVENT_REASONS`)."""
+
+
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+    0x100: "display_clocks",
+    0x200: "board_limit",
+    0x400: "reliability",
+}
+"""NVML's clock event reason bits (``nvmlClocksEventReason*``) and the short names otel_vision exports."""
+NOT_THROTTLING: int = 0x1 | 0x2 | 0x100
+"""Bits that lower the clocks without slowing work down (idle, configured application or display clocks)."""
+THROTTLE_REASONS: tuple[str, ...] = tuple(name for bit, name in CLOCK_EVENT_REASONS.items() if not bit & NOT_THROTTLING)
+"""The short names that count as throttling, in bit order."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,8 @@ class NvmlBackend(Protocol):
         ...
 
     def read(self, device: DeviceInfo) -> DeviceReading:
-        """Poll memory, utilization, power, energy and temperature; unsupported fields are ``None``."""
+        """Poll memory, utilization, power, energy, temperature, SM clock and clock event reasons; unsupported fields
+        are ``None``."""
         ...
 
     def utilization_samples(self, device: DeviceInfo, since_us: int) -> list[tuple[int, float]]:

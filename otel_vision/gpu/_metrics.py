@@ -1,4 +1,5 @@
-"""Observable GPU instruments: ``hw.*`` per GPU from the sampler, ``gpu.memory.*`` per device from torch.
+"""Observable GPU instruments: ``hw.*`` and ``vision.gpu.throttle.time`` per GPU from the sampler, ``gpu.memory.*``
+per device from torch.
 
 Names and attributes follow the hardware semantic conventions (v1.44.0, ``model/hardware``); docs/names.md has the
 table and maps each to DCGM and Triton.
@@ -106,6 +107,21 @@ def register_nvml_instruments(meter: Meter, sampler: NvmlSampler) -> None:
         [per_device(lambda r: r.energy_joules, _common_attributes)],
         unit="J",
         description="GPU energy consumed since the driver was loaded.",
+    )
+
+    def throttle_time(options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for device in sampler.devices:
+            for reason, seconds in sampler.throttle_seconds(device.uuid).items():
+                attributes = {a.HW_ID: device.uuid, a.HW_NAME: _short_name(device), a.GPU_THROTTLE_REASON: reason}
+                observations.append(Observation(seconds, attributes))
+        return observations
+
+    meter.create_observable_counter(
+        a.METRIC_GPU_THROTTLE_TIME,
+        [throttle_time],
+        unit="s",
+        description="Time the GPU ran throttled, per reason (NVML clock event reasons, sampled at each poll).",
     )
     meter.create_observable_gauge(
         a.METRIC_HW_TEMPERATURE,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from otel_vision.gpu._backends import DeviceInfo, DeviceReading, GpuUnavailable
+
+logger = logging.getLogger("otel_vision.gpu")
 
 
 def _text(value: Any) -> str:
@@ -60,13 +63,23 @@ class PynvmlBackend:
         key = (device.uuid, what)
         if key in self._unsupported:
             return None
+        nvml = self._nvml
         try:
             return read()
-        except self._nvml.NVMLError_NotSupported:
+        except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound, AttributeError) as exc:
+            # An older GPU or driver, a MIG slice, or bindings without the call: the value stays absent for good.
             self._unsupported.add(key)
-        except self._nvml.NVMLError:
+            logger.debug("otel_vision: NVML cannot read %s of %s (%s); it is left out", what, device.uuid, exc)
+        except nvml.NVMLError:
             pass
         return None
+
+    def _clock_event_reasons(self, handle: Any) -> int:
+        nvml = self._nvml
+        try:
+            return int(nvml.nvmlDeviceGetCurrentClocksEventReasons(handle))
+        except (AttributeError, nvml.NVMLError_FunctionNotFound):  # bindings or driver older than the new name
+            return int(nvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle))
 
     def read(self, device: DeviceInfo) -> DeviceReading:
         nvml = self._nvml
@@ -80,6 +93,8 @@ class PynvmlBackend:
         temperature = self._field(
             device, "temperature", lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
         )
+        clock = self._field(device, "SM clock", lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
+        reasons = self._field(device, "clock event reasons", lambda: self._clock_event_reasons(handle))
         return DeviceReading(
             timestamp_ns=time.time_ns(),
             memory_used=int(memory.used) if memory is not None else None,
@@ -88,6 +103,8 @@ class PynvmlBackend:
             power_watts=power / 1000.0 if power is not None else None,
             energy_joules=energy / 1000.0 if energy is not None else None,
             temperature_celsius=float(temperature) if temperature is not None else None,
+            sm_clock_mhz=float(clock) if clock is not None else None,
+            clock_event_reasons=int(reasons) if reasons is not None else None,
         )
 
     def utilization_samples(self, device: DeviceInfo, since_us: int) -> list[tuple[int, float]]:

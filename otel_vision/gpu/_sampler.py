@@ -7,9 +7,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import pairwise
+from typing import NamedTuple
 
 from otel_vision._errors import report_internal_error
-from otel_vision.gpu._backends import DeviceInfo, DeviceReading, NvmlBackend
+from otel_vision.gpu._backends import (
+    CLOCK_EVENT_REASONS,
+    NOT_THROTTLING,
+    THROTTLE_REASONS,
+    DeviceInfo,
+    DeviceReading,
+    NvmlBackend,
+)
 
 logger = logging.getLogger("otel_vision.gpu")
 
@@ -23,6 +34,56 @@ class Window:
 
     PENDING = "pending"
     """The sample that covers the window's end has not arrived yet."""
+
+
+class _Poll(NamedTuple):
+    """What one poll of one device saw, for joining span windows (epoch ns)."""
+
+    ts: int
+    sm_clock: float | None
+    reasons: int | None
+    energy: float | None
+    power: float | None
+
+
+@dataclass(frozen=True)
+class DeviceWindow:
+    """Clocks, throttling and energy of one device over a span's window (see docs/gpu.md for the method)."""
+
+    throttle_reasons: tuple[str, ...]
+    """Throttle reasons seen from the last poll before the window to the first after it; empty when none."""
+    sm_clock_mhz: float | None
+    """Time-weighted mean SM clock over the window, the clock interpolated linearly between polls."""
+    energy_joules: float | None
+    """Energy counter difference over the window (interpolated between polls), else power integrated over it."""
+
+
+@lru_cache(maxsize=256)
+def throttle_names(mask: int) -> tuple[str, ...]:
+    """The short names of the throttling bits in an NVML clock event reasons mask (idle and settings left out)."""
+    return tuple(name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit and not bit & NOT_THROTTLING)
+
+
+def _linear(points: list[tuple[int, float]], at: int) -> float:
+    """Value at ``at`` of the polyline through ``points`` (chronological), held flat beyond its ends."""
+    if at <= points[0][0]:
+        return points[0][1]
+    for (t0, v0), (t1, v1) in pairwise(points):
+        if at <= t1:
+            return v0 + (v1 - v0) * (at - t0) / (t1 - t0) if t1 > t0 else v1
+    return points[-1][1]
+
+
+def _mean(points: list[tuple[int, float]], start: int, end: int) -> float | None:
+    """Time-weighted mean over ``[start, end]`` of the polyline through ``points`` (trapezoids)."""
+    if not points:
+        return None
+    if end <= start or len(points) == 1:
+        return _linear(points, start)
+    cuts = [start, *(t for t, _ in points if start < t < end), end]
+    values = [_linear(points, t) for t in cuts]
+    area = sum((cuts[i + 1] - cuts[i]) * (values[i] + values[i + 1]) / 2 for i in range(len(cuts) - 1))
+    return area / (end - start)
 
 
 class NvmlSampler:
@@ -39,6 +100,9 @@ class NvmlSampler:
         self.interval = interval
         size = max(16, int(history * _MAX_SAMPLES_PER_SECOND))
         self._history: dict[str, deque[tuple[int, float]]] = {d.uuid: deque(maxlen=size) for d in self.devices}
+        polls = max(16, int(history / interval) + 2) if interval > 0 else 16
+        self._polls: dict[str, deque[_Poll]] = {d.uuid: deque(maxlen=polls) for d in self.devices}
+        self._throttled: dict[str, dict[str, float]] = {}
         self._latest: dict[str, DeviceReading] = {}
         self._last_us: dict[str, int] = {d.uuid: 0 for d in self.devices}
         self._clock_offset_ns: int | None = None
@@ -90,15 +154,85 @@ class NvmlSampler:
             if not samples and reading.utilization is not None and not device.mig:
                 # No driver sample buffer (old driver): the instantaneous rate stands in, stamped now.
                 samples = [(reading.timestamp_ns // 1000, reading.utilization)]
+            poll = _Poll(
+                reading.timestamp_ns,
+                reading.sm_clock_mhz,
+                reading.clock_event_reasons,
+                reading.energy_joules,
+                reading.power_watts,
+            )
             with self._lock:
                 self._latest[device.uuid] = reading
+                self._add_poll(device.uuid, poll)
                 history = self._history[device.uuid]
                 for ts_us, value in samples:
                     if ts_us > self._last_us[device.uuid]:
                         history.append((self._to_epoch_ns(ts_us), value))
                         self._last_us[device.uuid] = ts_us
 
+    def _add_poll(self, uuid: str, poll: _Poll) -> None:
+        """Keep the poll for window joins; add the time since the previous poll to the throttle counters (held)."""
+        polls = self._polls[uuid]
+        previous = polls[-1] if polls else None
+        if previous is not None and poll.ts <= previous.ts:
+            return  # a clock step backwards: keep the history ordered
+        polls.append(poll)
+        if poll.reasons is None:
+            return
+        totals = self._throttled.setdefault(uuid, dict.fromkeys(THROTTLE_REASONS, 0.0))
+        if previous is None or previous.reasons is None:
+            return
+        # The state between two polls is unknown: each end's reasons get half of the interval (trapezoid rule).
+        half = (poll.ts - previous.ts) / 2e9
+        for name in throttle_names(previous.reasons):
+            totals[name] += half
+        for name in throttle_names(poll.reasons):
+            totals[name] += half
+
     # --- readers ------------------------------------------------------------------------------------------------
+    def throttle_seconds(self, uuid: str) -> dict[str, float]:
+        """Seconds each throttle reason was active on one device since the sampler started (empty: not reported)."""
+        with self._lock:
+            return dict(self._throttled.get(uuid, {}))
+
+    def window_device(
+        self, uuid: str, start_ns: int, end_ns: int, *, partial: bool = False
+    ) -> DeviceWindow | str | None:
+        """Throttle reasons, mean SM clock and energy over ``[start_ns, end_ns]``: a `DeviceWindow`,
+        `Window.PENDING` (no poll after the end yet), or ``None`` (unknown device, or history already dropped).
+
+        With ``partial=True`` (flush, shutdown) the polls there are now are final: no `PENDING`.
+        """
+        with self._lock:
+            polls = self._polls.get(uuid)
+            if polls is None:
+                return None
+            if not polls or polls[-1].ts < end_ns:
+                if self.running and not partial:
+                    return Window.PENDING
+                if not polls:
+                    return None
+            if polls[0].ts > start_ns and len(polls) == polls.maxlen:
+                return None
+            after: _Poll | None = None
+            before: _Poll | None = None
+            inside: list[_Poll] = []
+            for poll in reversed(polls):
+                if poll.ts >= end_ns:
+                    after = poll  # keeps the earliest poll at or after the end, since we walk backwards
+                elif poll.ts > start_ns:
+                    inside.append(poll)
+                else:
+                    before = poll
+                    break
+        inside.reverse()
+        chosen = [p for p in (before, *inside, after) if p is not None]
+        mask = 0
+        for poll in chosen:
+            mask |= poll.reasons or 0
+        clock = _mean([(p.ts, p.sm_clock) for p in chosen if p.sm_clock is not None], start_ns, end_ns)
+        return DeviceWindow(throttle_names(mask), clock, _energy(chosen, before, after, start_ns, end_ns))
+
     def latest(self, uuid: str) -> DeviceReading | None:
         """The newest reading of one device."""
         return self._latest.get(uuid)
@@ -146,3 +280,17 @@ class NvmlSampler:
             return sum(inside) / len(inside) if inside else None
         inside.append(after)
         return sum(inside) / len(inside)
+
+
+def _energy(chosen: list[_Poll], before: _Poll | None, after: _Poll | None, start: int, end: int) -> float | None:
+    """Joules over ``[start, end]``: the energy counter interpolated at both ends when polls bracket the window and
+    the counter advanced; otherwise power integrated over the window (never a stale counter's 0 J)."""
+    if before is not None and after is not None and before.energy is not None and after.energy is not None:
+        counter = [(p.ts, p.energy) for p in chosen if p.energy is not None]
+        joules = _linear(counter, end) - _linear(counter, start)
+        if joules > 0 or (joules == 0 and end == start):
+            return joules
+    power = _mean([(p.ts, p.power) for p in chosen if p.power is not None], start, end)
+    if power is None:
+        return None
+    return power * (end - start) / 1e9

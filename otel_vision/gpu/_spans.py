@@ -24,22 +24,34 @@ from opentelemetry.trace import Span as ApiSpan
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision._errors import report_internal_error
+from otel_vision._metrics import CardinalityGuard
 from otel_vision.attributes import (
     ERROR_TYPE,
+    GPU_CLOCK_SM,
+    GPU_ENERGY,
     GPU_MEMORY_ALLOCATED,
     GPU_MEMORY_PEAK,
     GPU_MEMORY_RESERVED,
+    GPU_THROTTLE_REASONS,
     GPU_TIME,
     GPU_UTILIZATION,
     HW_ID,
+    METRIC_REQUEST_ENERGY,
     VISION_GPU_INCOMPLETE_SPANS,
+    VISION_MODEL_NAME,
+    VISION_OPERATION,
 )
 from otel_vision.gpu._backends import CudaBackend
-from otel_vision.gpu._sampler import NvmlSampler, Window
+from otel_vision.gpu._sampler import DeviceWindow, NvmlSampler, Window
 
 logger = logging.getLogger("otel_vision.gpu")
 
 _SCAN_PAST_NOT_READY: Final = 64
+ENERGY_BUCKETS: Final = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+    50000.0, 100000.0,
+)  # fmt: skip
+"""Joules per request: a few-ms YOLO frame on a 100 W GPU to a two-minute diffusion run at 700 W."""
 MAX_PENDING: Final = 4096
 """GPU spans waiting for their events at most; beyond, spans are exported without ``gpu.time`` (and counted)."""
 
@@ -221,6 +233,8 @@ class GpuSpanProcessor(SpanProcessor):
         self.shutdown_deadline: float | None = None
         """Set by the owning handle before a shutdown: `shutdown()` ends by then."""
         self._incomplete: Any = None
+        self._request_energy: Any = None
+        self._guard = CardinalityGuard()
         self._warned_full = False
         self._queue = _Queue()
         self._drain_lock = threading.Lock()
@@ -284,6 +298,12 @@ class GpuSpanProcessor(SpanProcessor):
             unit="{span}",
             description="GPU spans exported without gpu.time: their events did not complete in time, or too many "
             "were waiting (error.type).",
+        )
+        self._request_energy = meter.create_histogram(
+            METRIC_REQUEST_ENERGY,
+            unit="J",
+            description="GPU energy drawn during a whole vision request (the device's, over the request's window).",
+            explicit_bucket_boundaries_advisory=ENERGY_BUCKETS,
         )
 
     def _count_incomplete(self, reason: str) -> None:
@@ -352,11 +372,12 @@ class GpuSpanProcessor(SpanProcessor):
         assert span is not None
         events_done = self._cuda.event_done(pending.end_event)
         utilization: float | str | None = None
+        window: DeviceWindow | str | None = None
         if self._sampler is not None and pending.hw_id is not None and span.start_time and span.end_time:
-            utilization = self._sampler.window_mean(
-                pending.hw_id, span.start_time, span.end_time, partial=flushing or force
-            )
-        if not force and (not events_done or utilization == Window.PENDING):
+            partial = flushing or force
+            utilization = self._sampler.window_mean(pending.hw_id, span.start_time, span.end_time, partial=partial)
+            window = self._sampler.window_device(pending.hw_id, span.start_time, span.end_time, partial=partial)
+        if not force and (not events_done or utilization == Window.PENDING or window == Window.PENDING):
             return None
         if not events_done:
             self._count_incomplete("timeout")
@@ -369,7 +390,30 @@ class GpuSpanProcessor(SpanProcessor):
             self._cuda.release_event(pending.device, pending.end_event)
         if isinstance(utilization, float):
             extra[GPU_UTILIZATION] = utilization
+        if isinstance(window, DeviceWindow):
+            if window.throttle_reasons:
+                extra[GPU_THROTTLE_REASONS] = window.throttle_reasons
+            if window.sm_clock_mhz is not None:
+                extra[GPU_CLOCK_SM] = window.sm_clock_mhz
+            if window.energy_joules is not None:
+                extra[GPU_ENERGY] = window.energy_joules
+                self._record_request_energy(span, window.energy_joules)
         return _with_attributes(span, extra) if extra else span
+
+    def _record_request_energy(self, span: ReadableSpan, joules: float) -> None:
+        """``vision.request.energy`` for request spans (those carrying ``vision.operation``)."""
+        attributes = span.attributes
+        if self._request_energy is None or not attributes:
+            return
+        operation = attributes.get(VISION_OPERATION)
+        if operation is None:
+            return
+        guard = self._guard
+        labels: dict[str, AttributeValue] = {VISION_OPERATION: guard(VISION_OPERATION, operation)}
+        model = attributes.get(VISION_MODEL_NAME)
+        if model is not None:
+            labels[VISION_MODEL_NAME] = guard(VISION_MODEL_NAME, model)
+        self._request_energy.record(joules, labels)
 
 
 def _with_attributes(span: ReadableSpan, extra: dict[str, AttributeValue]) -> ReadableSpan:
