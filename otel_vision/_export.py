@@ -796,6 +796,8 @@ class ExportPipeline:
     metric_exporters: list[BoundedMetricExporter] = field(default_factory=list)
     deadline_aware: list[Any] = field(default_factory=list)
     """Other processors with a ``shutdown_deadline`` attribute (the GPU span processor)."""
+    span_metrics: Any = None
+    """The processor that records duration metrics from finished spans (drained before each flush)."""
 
     def _timeout(self, signal: str) -> float:
         return self.export_timeouts.get(signal, DEFAULT_EXPORT_TIMEOUT_S)

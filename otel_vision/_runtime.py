@@ -29,6 +29,8 @@ class Runtime:
     instruments: Instruments
     gpu: SpanGpuProbe | None = None
     nvtx: NvtxRanges | None = None
+    span_metrics: bool = False
+    """``True`` when the pipeline records duration metrics from finished spans (off the inference thread)."""
 
 
 def _from_globals() -> Runtime:

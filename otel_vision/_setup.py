@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased,
 from otel_vision import _config, _errors, _export, _logging, _runtime
 from otel_vision._errors import report_internal_error
 from otel_vision._metrics import Instruments
+from otel_vision._span_metrics import SpanMetricsProcessor
 from otel_vision._version import __version__
 from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
 from otel_vision.gpu._nvtx import NvtxRanges
@@ -85,6 +86,8 @@ class Handle:
         asked, whatever state the collector is in.
         """
         deadline = time.monotonic() + max(0, timeout_millis) / 1000.0
+        if self._exports.span_metrics is not None:
+            self._exports.span_metrics.drain()
         metric_exports = [(e, e.exports_ok, e.exports_failed) for e in self._exports.metric_exporters]
         calls: list[tuple[Any, tuple[Any, ...]]] = [(p.force_flush, (timeout_millis,)) for p in self._providers()]
         # Each provider honours the timeout itself; the grace covers their last hand-off, not the network.
@@ -412,6 +415,10 @@ def build(
         if limits.max_attribute_length is not None:
             _errors.DESCRIPTION_LIMIT = limits.max_attribute_length
         tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False, span_limits=limits)
+        # First: metrics are taken from every finished span before anything else (GPU waiting, sampling) happens.
+        span_metrics = SpanMetricsProcessor()
+        tracer_provider.add_span_processor(span_metrics)
+        exports.span_metrics = span_metrics
         if gpu is not None:
             gpu_processor = gpu.span_processor(processors)
             exports.deadline_aware.append(gpu_processor)
@@ -434,6 +441,8 @@ def build(
         meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
         meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
         exports.accounting.bind(meter)
+        instruments = Instruments(meter)
+        span_metrics.instruments = instruments
         for processor in exports.deadline_aware:
             processor.bind(meter)
         if gpu is not None:
@@ -461,9 +470,10 @@ def build(
         _runtime.install(
             _runtime.Runtime(
                 tracer=tracer_provider.get_tracer(_runtime.SCOPE, __version__),
-                instruments=Instruments(meter),
+                instruments=instruments,
                 gpu=gpu.probe if gpu is not None else None,
                 nvtx=NvtxRanges() if settings.nvtx else None,
+                span_metrics=True,
             )
         )
         if standalone:

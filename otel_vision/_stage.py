@@ -165,7 +165,10 @@ class stage:
                     span.set_attribute(VISION_ABANDONED, True)
             if active.gpu is not None and runtime.gpu is not None:
                 runtime.gpu.finish(span, active.gpu)
-            self._record(runtime.instruments, duration, failure)
+            if not (runtime.span_metrics and span.is_recording()):
+                # Recorded spans feed the metrics from the export path (otel_vision._span_metrics); the others
+                # (not sampled, or no pipeline of ours) are counted here, so every request is.
+                self._record(runtime.instruments, duration, failure)
         except Exception:  # never let our bookkeeping replace the user's result or exception
             try:
                 report_internal_error("stage bookkeeping")
@@ -448,7 +451,10 @@ def queue_wait(enqueued_at_ns: int, attributes: Mapping[str, AttributeValue] | N
     span = runtime.tracer.start_span(
         "queue", attributes={VISION_STAGE: "queue", **(attributes or {})}, start_time=start
     )
+    from_span = runtime.span_metrics and span.is_recording()
     span.end(end_time=now)
+    if from_span:
+        return  # recorded from the finished span (otel_vision._span_metrics)
     try:
         model = (attributes or {}).get(VISION_MODEL_NAME)
         attrs = runtime.instruments.metric_attributes({VISION_MODEL_NAME: model})

@@ -59,7 +59,10 @@ def _inference_span(call: Call) -> None:
         attributes={a.VISION_STAGE: "inference", a.VISION_MODEL_NAME: call.model_name},
         start_time=start,
     )
+    from_span = runtime.span_metrics and span.is_recording()
     span.end(end_time=end)
+    if from_span:
+        return  # the duration is recorded from the finished span (otel_vision._span_metrics)
     attrs = runtime.instruments.metric_attributes({a.VISION_STAGE: "inference", a.VISION_MODEL_NAME: call.model_name})
     runtime.instruments.stage_duration.record((end - start) / 1e9, attrs)
 

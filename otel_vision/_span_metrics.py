@@ -1,0 +1,121 @@
+"""Duration metrics recorded from finished spans, off the inference thread.
+
+A stage or request span carries everything its metrics need (``vision.stage`` or ``vision.operation``, the model,
+``error.type``, its start and end). Recording a histogram point costs more than starting and ending the span
+(attribute hashing, aggregation, exemplar sampling), so `stage()` leaves it to this processor: ``on_end`` only
+appends the span to a deque, and a background thread records ``vision.stage.duration``, ``vision.request.duration``,
+``vision.requests`` and ``vision.queue.duration`` with the span's context, so exemplars still point at the trace.
+
+Spans that are not recorded (a head sampler said no) never reach a span processor; `stage()` records their metrics
+on the spot, so every request is counted whatever the sampling.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import NonRecordingSpan
+
+from otel_vision import _runtime
+from otel_vision._errors import report_internal_error
+from otel_vision._metrics import Instruments
+from otel_vision.attributes import (
+    ERROR_TYPE,
+    VISION_INSTRUCTION_CATEGORY,
+    VISION_MODEL_NAME,
+    VISION_OPERATION,
+    VISION_STAGE,
+)
+
+_INTERVAL_S: Final = 0.2
+"""How often the recorder drains; a flush (and every metric collection through `Handle.force_flush`) drains first."""
+QUEUE_STAGE: Final = "queue"
+"""The stage name of `queue_wait()` spans, which feed ``vision.queue.duration`` instead of the stage histogram."""
+
+
+class SpanMetricsProcessor(SpanProcessor):
+    """Records otel_vision's duration metrics from finished spans of otel_vision's own scope."""
+
+    def __init__(self, instruments: Instruments | None = None) -> None:
+        self.instruments = instruments
+        """Set once the pipeline's meter exists (before any span of ours can end)."""
+        self._spans: deque[ReadableSpan] = deque()
+        self._wake = threading.Event()
+        self._drain_lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="otel-vision-span-metrics", daemon=True)
+        self._thread.start()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        scope = span.instrumentation_scope
+        if scope is not None and scope.name == _runtime.SCOPE:
+            self._spans.append(span)
+
+    def drain(self) -> None:
+        """Record every span received so far (the recorder thread does this every 0.2 s)."""
+        with self._drain_lock:
+            spans = self._spans
+            while spans:
+                try:
+                    self._record(spans.popleft())
+                except IndexError:
+                    return
+                except Exception:
+                    report_internal_error("duration metrics from spans")
+
+    def _record(self, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
+        if span.start_time is None or span.end_time is None:
+            return
+        seconds = (span.end_time - span.start_time) / 1e9
+        instruments = self.instruments
+        if instruments is None:
+            return
+        context = trace.set_span_in_context(NonRecordingSpan(span.context)) if span.context is not None else None
+        failure = attributes.get(ERROR_TYPE)
+        operation = attributes.get(VISION_OPERATION)
+        if operation is not None:
+            attrs = instruments.metric_attributes(
+                {
+                    VISION_OPERATION: operation,
+                    VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME),
+                    VISION_INSTRUCTION_CATEGORY: attributes.get(VISION_INSTRUCTION_CATEGORY),
+                    ERROR_TYPE: failure,
+                }
+            )
+            instruments.request_duration.record(seconds, attrs, context=context)
+            instruments.requests.add(1, attrs, context=context)
+            return
+        stage = attributes.get(VISION_STAGE)
+        if stage is None:
+            return
+        if stage == QUEUE_STAGE:
+            attrs = instruments.metric_attributes({VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME)})
+            instruments.queue_duration.record(seconds, attrs, context=context)
+            return
+        attrs = instruments.metric_attributes(
+            {VISION_STAGE: stage, VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME), ERROR_TYPE: failure}
+        )
+        instruments.stage_duration.record(seconds, attrs, context=context)
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(_INTERVAL_S)
+            self.drain()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.drain()
+        return True
+
+    def shutdown(self) -> None:
+        self.drain()
+        self._stopped = True
+        self._wake.set()
