@@ -404,6 +404,26 @@ class TestThrottling:
             assert list(span.attributes["gpu.throttle.reasons"]) == ["sw_power_cap"]
             assert 1000.0 < span.attributes["gpu.clock.sm"] < 1980.0
 
+    def test_throttling_during_a_long_span_is_joined(self, fake_gpu: FakeGpu) -> None:
+        """Throttling seen by a poll inside a long span marks it even when it is over before the span ends; the
+        clock is the time-weighted mean across all the polls, and the energy the counter's gain over the span."""
+        fake_gpu.nvml.draw(400.0)
+        with capture_telemetry(fake_gpu=fake_gpu, gpu_sample_interval=3600) as captured:
+            with otel_vision.stage("diffusion"):
+                time.sleep(0.01)
+                fake_gpu.nvml.throttle("hw_thermal", "hw_slowdown")
+                fake_gpu.nvml.sm_clock_mhz = 990.0
+                _poll(captured)
+                time.sleep(0.01)
+                fake_gpu.nvml.throttle()
+                fake_gpu.nvml.sm_clock_mhz = 1980.0
+                _poll(captured)
+                time.sleep(0.01)
+            span = captured.span("diffusion")
+            assert list(span.attributes["gpu.throttle.reasons"]) == ["hw_slowdown", "hw_thermal"]
+            assert 990.0 < span.attributes["gpu.clock.sm"] < 1980.0
+            assert span.attributes["gpu.energy"] == pytest.approx(400.0 * _seconds(span), rel=1e-3)
+
     def test_throttle_time_metric_per_reason(self, fake_gpu: FakeGpu) -> None:
         """vision.gpu.throttle.time counts seconds per throttle reason and GPU; idle never counts as throttling."""
         fake_gpu.nvml.throttle("sw_thermal", "gpu_idle")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 from typing import NamedTuple
@@ -46,8 +46,7 @@ class _Poll(NamedTuple):
     power: float | None
 
 
-@dataclass(frozen=True)
-class DeviceWindow:
+class DeviceWindow(NamedTuple):
     """Clocks, throttling and energy of one device over a span's window (see docs/gpu.md for the method)."""
 
     throttle_reasons: tuple[str, ...]
@@ -214,17 +213,26 @@ class NvmlSampler:
                     return None
             if polls[0].ts > start_ns and len(polls) == polls.maxlen:
                 return None
-            after: _Poll | None = None
+            # Polls are ordered by time: find the first at or after the end, then walk back to the last before the
+            # start (a span resolved soon after it ended is near the newest end, so the walk is short).
+            index = len(polls)
+            while index > 0 and polls[index - 1].ts >= end_ns and index > len(polls) - 4:
+                index -= 1
+            if index > 0 and polls[index - 1].ts >= end_ns:
+                index = bisect_left(polls, end_ns, 0, index, key=_poll_ts)
+            after = polls[index] if index < len(polls) else None
             before: _Poll | None = None
             inside: list[_Poll] = []
-            for poll in reversed(polls):
-                if poll.ts >= end_ns:
-                    after = poll  # keeps the earliest poll at or after the end, since we walk backwards
-                elif poll.ts > start_ns:
-                    inside.append(poll)
-                else:
+            index -= 1
+            while index >= 0:
+                poll = polls[index]
+                if poll.ts <= start_ns:
                     before = poll
                     break
+                inside.append(poll)
+                index -= 1
+        if not inside and before is not None and after is not None:
+            return _bracketed(before, after, start_ns, end_ns)
         inside.reverse()
         chosen = [p for p in (before, *inside, after) if p is not None]
         mask = 0
@@ -280,6 +288,31 @@ class NvmlSampler:
             return sum(inside) / len(inside) if inside else None
         inside.append(after)
         return sum(inside) / len(inside)
+
+
+def _poll_ts(poll: _Poll) -> int:
+    return poll.ts
+
+
+def _bracketed(before: _Poll, after: _Poll, start: int, end: int) -> DeviceWindow:
+    """The common case, a span between two consecutive polls: `window_device` without lists (same results)."""
+    mask = (before.reasons or 0) | (after.reasons or 0)
+    span = after.ts - before.ts
+    mid = (start + end) / 2  # the mean of a straight line over the window is its value at the window's middle
+    if before.sm_clock is not None and after.sm_clock is not None:
+        clock: float | None = before.sm_clock + (after.sm_clock - before.sm_clock) * (mid - before.ts) / span
+    else:
+        clock = before.sm_clock if before.sm_clock is not None else after.sm_clock
+    energy: float | None = None
+    if before.energy is not None and after.energy is not None and after.energy > before.energy:
+        energy = (after.energy - before.energy) * (end - start) / span
+    elif end == start:
+        energy = 0.0 if before.energy is not None or before.power is not None else None
+    elif before.power is not None and after.power is not None:
+        energy = (before.power + (after.power - before.power) * (mid - before.ts) / span) * (end - start) / 1e9
+    elif before.power is not None or after.power is not None:
+        energy = (before.power if before.power is not None else after.power or 0.0) * (end - start) / 1e9
+    return DeviceWindow(throttle_names(mask), clock, energy)
 
 
 def _energy(chosen: list[_Poll], before: _Poll | None, after: _Poll | None, start: int, end: int) -> float | None:
