@@ -514,3 +514,92 @@ class TestEnergy:
         assert point.count == 2
         assert point.sum == pytest.approx(sum(s.attributes["gpu.energy"] for s in requests))
         assert point.sum == pytest.approx(250.0 * sum(_seconds(s) for s in requests), rel=1e-3)
+
+
+class _StubNvmlError(Exception):
+    pass
+
+
+class _StubNotSupported(_StubNvmlError):
+    pass
+
+
+class _StubFunctionNotFound(_StubNvmlError):
+    pass
+
+
+class _StubNotFound(_StubNvmlError):
+    pass
+
+
+def _old_driver_pynvml() -> object:
+    """A stand-in for nvidia-ml-py on an old driver: no SM clock (not supported), clock event reasons only under
+    their deprecated name (the new call is missing from the driver), sw_thermal throttling."""
+    from types import SimpleNamespace
+
+    def missing(*args: object) -> int:
+        raise _StubFunctionNotFound("Function Not Found")
+
+    def not_supported(*args: object) -> int:
+        raise _StubNotSupported("Not Supported")
+
+    def no_samples(*args: object) -> object:
+        raise _StubNotFound("Not Found")
+
+    memory = SimpleNamespace(total=80 * 2**30, used=2**30)
+    return SimpleNamespace(
+        NVMLError=_StubNvmlError,
+        NVMLError_NotSupported=_StubNotSupported,
+        NVMLError_FunctionNotFound=_StubFunctionNotFound,
+        NVMLError_NotFound=_StubNotFound,
+        NVML_DEVICE_MIG_ENABLE=1,
+        NVML_TEMPERATURE_GPU=0,
+        NVML_CLOCK_SM=1,
+        NVML_GPU_UTILIZATION_SAMPLES=1,
+        nvmlMemory_v2=2,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlSystemGetDriverVersion=lambda: "470.00",
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda index: "handle",
+        nvmlDeviceGetUUID=lambda handle: UUID,
+        nvmlDeviceGetName=lambda handle: "Tesla V100",
+        nvmlDeviceGetMemoryInfo=lambda handle, version=None: memory,
+        nvmlDeviceGetMigMode=not_supported,
+        nvmlDeviceGetUtilizationRates=lambda handle: SimpleNamespace(gpu=50),
+        nvmlDeviceGetPowerUsage=lambda handle: 250_000,
+        nvmlDeviceGetTotalEnergyConsumption=lambda handle: 9_000_000,
+        nvmlDeviceGetTemperature=lambda handle, sensor: 60,
+        nvmlDeviceGetSamples=no_samples,
+        nvmlDeviceGetClockInfo=not_supported,
+        nvmlDeviceGetCurrentClocksEventReasons=missing,
+        nvmlDeviceGetCurrentClocksThrottleReasons=lambda handle: 0x20 | 0x1,
+    )
+
+
+class TestRealBackendDegradation:
+    def test_old_driver_keeps_reasons_and_drops_the_clock(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """On a driver without the new reasons call and without SM clocks, PynvmlBackend falls back to the old
+        call, leaves gpu.clock.sm out and says so in one debug line, however often it polls."""
+        import sys
+
+        from otel_vision.gpu import PynvmlBackend
+
+        monkeypatch.setitem(sys.modules, "pynvml", _old_driver_pynvml())
+        gpu = FakeGpu(nvml=PynvmlBackend())  # type: ignore[arg-type]  # the real backend over the stand-in
+        with (
+            caplog.at_level(logging.DEBUG, logger="otel_vision.gpu"),
+            capture_telemetry(fake_gpu=gpu, gpu_sample_interval=3600) as captured,
+        ):
+            _poll(captured)
+            with otel_vision.stage("inference"):
+                gpu.cuda.run(0.001)
+            span = captured.span("inference")
+            _poll(captured)
+        assert list(span.attributes["gpu.throttle.reasons"]) == ["sw_thermal"]
+        assert "gpu.clock.sm" not in span.attributes
+        assert span.attributes["gpu.energy"] == pytest.approx(250.0 * _seconds(span), rel=1e-3)  # counter stood still
+        lines = [r for r in caplog.records if "SM clock" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
