@@ -631,3 +631,41 @@ class TestMistakes:
         _run(pix2pix, image, steps=1)
         assert vision_telemetry.spans() == []
         assert not pix2pix.unet._forward_pre_hooks
+
+
+@pytest.mark.parametrize("order", ["theirs_after_ours", "theirs_before_ours"])
+def test_third_party_wrapper_of_call(order: str, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """Another library's wrapper of the pipeline class's __call__, before or after ours: both run; after
+    uninstrument_diffusers() theirs still runs and nothing is traced; instrumenting again gives one root span."""
+    cls = type(pix2pix)
+    original = cls.__dict__["__call__"]
+    seen: list[int] = []
+
+    def install() -> None:
+        raw = cls.__dict__["__call__"]  # the raw class attribute, as many wrappers take it
+
+        def theirs(self: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(1)
+            return raw(self, *args, **kwargs)
+
+        cls.__call__ = theirs  # type: ignore[method-assign]
+
+    try:
+        if order == "theirs_before_ours":
+            install()
+        otel_vision.instrument_diffusers(pix2pix)
+        if order == "theirs_after_ours":
+            install()
+        _run(pix2pix, image, steps=1)
+        assert len(seen) == 1 and len(vision_telemetry.spans("pipeline")) == 1
+        assert len(vision_telemetry.spans("denoise_step")) == 1
+        otel_vision.uninstrument_diffusers()
+        vision_telemetry.clear()
+        _run(pix2pix, image, steps=1)
+        assert len(seen) == 2 and vision_telemetry.spans() == []
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, steps=1)
+        assert len(vision_telemetry.spans("pipeline")) == 1
+    finally:
+        otel_vision.uninstrument_diffusers()
+        cls.__call__ = original  # type: ignore[method-assign]

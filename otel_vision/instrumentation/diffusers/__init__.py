@@ -360,7 +360,7 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
             # Not ours, or a pipeline calling another pipeline inside an instrumented call: one root per call.
             return wrapped(*args, **kwargs)
         try:
-            per_step = "callback_on_step_end" in _call_parameters(type(instance))
+            per_step = _accepts_step_callback(type(instance))
             call = _call.Call(instance, type(instance).__name__, per_step, options.denoise_steps)
             hooks = self._pipes.get(instance)
             if hooks is None:
@@ -409,12 +409,19 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         return attrs
 
 
-_PARAMETERS: dict[type, frozenset[str]] = {}
+_PER_STEP: dict[type, bool] = {}
 
 
-def _call_parameters(cls: type) -> frozenset[str]:
-    names = _PARAMETERS.get(cls)
-    if names is None:
-        target = inspect.unwrap(cls.__call__)
-        names = _PARAMETERS[cls] = frozenset(inspect.signature(target).parameters)
-    return names
+def _accepts_step_callback(cls: type) -> bool:
+    """Whether ``cls.__call__`` takes ``callback_on_step_end``. Another library's wrapper of ``__call__`` may hide the
+    signature behind ``*args, **kwargs``; then the class's ``_callback_tensor_inputs`` (declared by every pipeline
+    that supports the callback) decides."""
+    known = _PER_STEP.get(cls)
+    if known is None:
+        parameters = inspect.signature(inspect.unwrap(cls.__call__)).parameters
+        known = "callback_on_step_end" in parameters or (
+            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+            and isinstance(getattr(cls, "_callback_tensor_inputs", None), list | tuple)
+        )
+        _PER_STEP[cls] = known
+    return known
