@@ -12,17 +12,49 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
-from otel_vision._console import WaterfallSpanExporter, render_summary, render_waterfall
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from otel_vision._instrument import (
     instrument_diffusers,
     instrument_ultralytics,
     uninstrument_diffusers,
     uninstrument_ultralytics,
 )
-from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import queue_wait, request, stage
 from otel_vision._version import __version__
 from otel_vision.instrumentation.torch import instrument_module, uninstrument_module
+
+if TYPE_CHECKING:
+    from otel_vision._console import WaterfallSpanExporter, render_summary, render_waterfall
+    from otel_vision._setup import Handle, configure, shutdown
+
+# The OpenTelemetry SDK (and exporters, gRPC) load on first use of these names: `stage()` needs only the API, so
+# `import otel_vision` stays cheaper than importing the SDK's tracer alone.
+_LAZY = {
+    "Handle": "otel_vision._setup",
+    "configure": "otel_vision._setup",
+    "shutdown": "otel_vision._setup",
+    "WaterfallSpanExporter": "otel_vision._console",
+    "render_summary": "otel_vision._console",
+    "render_waterfall": "otel_vision._console",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otel_vision' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "Handle",
