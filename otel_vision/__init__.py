@@ -12,10 +12,9 @@ def preprocess(frame): ...
 Importing this package is cheap: it imports neither torch, ultralytics nor diffusers.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from otel_vision._instrument import (
     instrument_diffusers,
@@ -27,7 +26,7 @@ from otel_vision._stage import queue_wait, request, stage
 from otel_vision._version import __version__
 from otel_vision.instrumentation.torch import instrument_module, uninstrument_module
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from otel_vision._console import WaterfallSpanExporter, render_summary, render_waterfall
     from otel_vision._setup import Handle, configure, shutdown
 
@@ -43,11 +42,11 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'otel_vision' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 
