@@ -22,7 +22,7 @@ from otel_vision._instrument import (
     uninstrument_diffusers,
     uninstrument_ultralytics,
 )
-from otel_vision._stage import queue_wait, request, stage
+from otel_vision._stage import batch, queue_wait, request, stage
 from otel_vision._version import __version__
 from otel_vision.instrumentation.torch import instrument_module, uninstrument_module
 
@@ -59,6 +59,7 @@ __all__ = [
     "Handle",
     "WaterfallSpanExporter",
     "__version__",
+    "batch",
     "configure",
     "instrument_diffusers",
     "instrument_module",

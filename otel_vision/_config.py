@@ -66,6 +66,11 @@ OTEL_VISION_LOG_LEVEL: Final = "OTEL_VISION_LOG_LEVEL"
 
 OTEL_VISION_NVTX: Final = "OTEL_VISION_NVTX"
 """``false`` (default) or ``true``: mirror every span as an NVTX range, for Nsight Systems captures."""
+OTEL_VISION_TAIL_SAMPLING_RATIO: Final = "OTEL_VISION_TAIL_SAMPLING_RATIO"
+"""Unset (default): no tail sampling. A ratio in [0, 1]: keep every trace with an error, every slow and every throttled
+one, and this share of the others (decided in the process when a trace's local root ends)."""
+OTEL_VISION_TAIL_SAMPLING_LATENCY: Final = "OTEL_VISION_TAIL_SAMPLING_LATENCY"
+"""Seconds above which a trace is slow and always kept: ``0.5`` for every operation, or ``predict=0.2,*=1``."""
 OTEL_VISION_CAPTURE_PROMPTS: Final = "OTEL_VISION_CAPTURE_PROMPTS"
 """``false`` (default) or ``true``: record diffusion prompts as ``vision.prompt`` on the pipeline's root span."""
 OTEL_VISION_DENOISE_STEPS: Final = "OTEL_VISION_DENOISE_STEPS"
@@ -134,6 +139,11 @@ class Settings:
     logs: bool = True
     log_level: int = 20
     nvtx: bool = False
+    tail_sampling_ratio: float | None = None
+    """``None``: tail sampling off; else the share of uneventful traces kept (errors, slow and throttled ones are
+    always kept)."""
+    tail_sampling_latency: Mapping[str, float] = field(default_factory=dict)
+    """Seconds above which a trace counts as slow, by ``vision.operation`` (``*``: any other operation)."""
     disabled: bool = False
     problems: tuple[str, ...] = ()
     """One sentence per invalid environment variable, each naming the variable, the value and the default used."""
@@ -437,6 +447,8 @@ def resolve(
     logs: bool | None = None,
     log_level: int | str | None = None,
     nvtx: bool | None = None,
+    tail_sampling_ratio: float | None = None,
+    tail_sampling_latency: float | Mapping[str, float] | None = None,
     environ: Mapping[str, str] | None = None,
     warn: bool = True,
 ) -> Settings:
@@ -503,6 +515,7 @@ def resolve(
     resolved_protocol = _protocol(protocol, env, problems)
     endpoints, sources = _endpoints(endpoint, resolved_protocol, env, problems)
     sampler, sampler_arg = _sampler(env, problems)
+    tail_ratio, tail_latency = _tail_sampling(tail_sampling_ratio, tail_sampling_latency, env, problems)
     settings = Settings(
         service_name=service_name,
         resource_attributes=attrs,
@@ -531,6 +544,8 @@ def resolve(
         logs=_bool_setting("logs", logs, OTEL_VISION_LOGS, env, True, problems),
         log_level=_log_level(log_level, env, problems),
         nvtx=_bool_setting("nvtx", nvtx, OTEL_VISION_NVTX, env, False, problems),
+        tail_sampling_ratio=tail_ratio,
+        tail_sampling_latency=tail_latency,
         disabled=disabled,
         problems=tuple(problems.messages),
         invalid_variables=tuple(problems.names),
@@ -539,6 +554,78 @@ def resolve(
         for message in settings.problems:
             logger.warning("otel_vision: %s", message)
     return settings
+
+
+def _latency_table(raw: str) -> dict[str, float] | None:
+    """``0.5`` (every operation) or ``predict=0.2,pipeline=5,*=1``; ``None`` when malformed."""
+    if "=" not in raw:
+        seconds = _seconds(raw, 0.0)
+        return None if seconds is None else {"*": seconds}
+    table: dict[str, float] = {}
+    for item in raw.split(","):
+        name, sep, value = item.partition("=")
+        seconds = _seconds(value.strip(), 0.0) if sep else None
+        if seconds is None or not name.strip():
+            return None
+        table[name.strip()] = seconds
+    return table
+
+
+def _tail_sampling(
+    ratio: float | None,
+    latency: float | Mapping[str, float] | None,
+    environ: Mapping[str, str],
+    problems: _Problems,
+) -> tuple[float | None, dict[str, float]]:
+    """Tail sampling is on when a ratio or a latency threshold is given (argument, else variable); with a threshold
+    alone the ratio is 0: keep only the errors, slow and throttled traces."""
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+            raise TypeError(f"tail_sampling_ratio={ratio!r} must be a number between 0 and 1")
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"tail_sampling_ratio={ratio!r} must be between 0 and 1")
+    else:
+        raw = _env(OTEL_VISION_TAIL_SAMPLING_RATIO, environ)
+        if raw is not None:
+            try:
+                parsed = float(raw)
+            except ValueError:
+                parsed = -1.0
+            if 0.0 <= parsed <= 1.0:
+                ratio = parsed
+            else:
+                problems.add(OTEL_VISION_TAIL_SAMPLING_RATIO, raw, "not a number between 0 and 1", "off")
+    table: dict[str, float] = {}
+    if latency is not None:
+        if isinstance(latency, Mapping):
+            for name, seconds in latency.items():
+                if not isinstance(name, str) or isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                    raise TypeError(
+                        f"tail_sampling_latency[{name!r}]={seconds!r}: map operation names to seconds, "
+                        "e.g. {'predict': 0.2, '*': 1.0}"
+                    )
+                if _seconds(seconds, 0.0) is None:
+                    raise ValueError(f"tail_sampling_latency[{name!r}]={seconds!r} must be a number of seconds >= 0")
+                table[name] = float(seconds)
+        elif isinstance(latency, bool) or not isinstance(latency, int | float):
+            raise TypeError(f"tail_sampling_latency={latency!r} must be seconds or a mapping operation -> seconds")
+        elif _seconds(latency, 0.0) is None:
+            raise ValueError(f"tail_sampling_latency={latency!r} must be a number of seconds >= 0")
+        else:
+            table["*"] = float(latency)
+    else:
+        raw = _env(OTEL_VISION_TAIL_SAMPLING_LATENCY, environ)
+        if raw is not None:
+            parsed_table = _latency_table(raw)
+            if parsed_table is None:
+                problems.add(
+                    OTEL_VISION_TAIL_SAMPLING_LATENCY, raw, "not seconds nor 'operation=seconds,...'", "no threshold"
+                )
+            else:
+                table = parsed_table
+    if ratio is None and table:
+        ratio = 0.0
+    return (float(ratio) if ratio is not None else None), table
 
 
 def check_extensions(span_processors: object, metric_readers: object) -> None:

@@ -69,6 +69,11 @@ class Instruments:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.images = meter.create_counter(a.METRIC_IMAGES, unit="{image}", description="Images processed.")
+        self.batch_skipped = meter.create_counter(
+            a.METRIC_BATCH_SKIPPED,
+            unit="{request}",
+            description="Request entries given to batch() without a valid span (skipped, never raised).",
+        )
         self.detections = meter.create_histogram(
             a.METRIC_DETECTIONS,
             unit="{detection}",

@@ -43,6 +43,7 @@ from otel_vision import _config, _errors, _export, _logging, _runtime
 from otel_vision._errors import report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision._span_metrics import SpanMetricsProcessor
+from otel_vision._tail import BatchFanOut, TailSampler
 from otel_vision._version import __version__
 from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
 from otel_vision.gpu._nvtx import NvtxRanges
@@ -419,6 +420,13 @@ def build(
         span_metrics = SpanMetricsProcessor()
         tracer_provider.add_span_processor(span_metrics)
         exports.span_metrics = span_metrics
+        # After GPU enrichment and before anything leaves: batch member spans, then tail sampling (which sees them).
+        tail = (
+            TailSampler(processors, settings.tail_sampling_ratio, settings.tail_sampling_latency)
+            if settings.tail_sampling_ratio is not None
+            else None
+        )
+        processors = [BatchFanOut([tail] if tail is not None else processors)]
         if gpu is not None:
             gpu_processor = gpu.span_processor(processors)
             exports.deadline_aware.append(gpu_processor)
@@ -442,6 +450,8 @@ def build(
         meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
         exports.accounting.bind(meter)
         instruments = Instruments(meter)
+        if tail is not None:
+            tail.bind(meter)
         span_metrics.instruments = instruments
         for processor in exports.deadline_aware:
             processor.bind(meter)
@@ -613,6 +623,8 @@ def configure(
     logs: bool | None = None,
     log_level: int | str | None = None,
     nvtx: bool | None = None,
+    tail_sampling_ratio: float | None = None,
+    tail_sampling_latency: float | Mapping[str, float] | None = None,
     additional_span_processors: Sequence[SpanProcessor] = (),
     additional_metric_readers: Sequence[MetricReader] = (),
 ) -> Handle:
@@ -648,6 +660,12 @@ def configure(
         logs: export stdlib ``logging`` records (``OTEL_VISION_LOGS``, default on).
         log_level: lowest level exported (``OTEL_VISION_LOG_LEVEL``, default ``INFO``).
         nvtx: mirror every span as an NVTX range for Nsight Systems (``OTEL_VISION_NVTX``, default off).
+        tail_sampling_ratio: in-process tail sampling: keep every trace with an error, every slow and every
+            throttled one, and this share of the others (``OTEL_VISION_TAIL_SAMPLING_RATIO``; default off). See
+            ``docs/sampling.md``.
+        tail_sampling_latency: seconds above which a trace is slow, for all operations or per ``vision.operation``
+            (``{"predict": 0.2, "*": 1.0}``; ``OTEL_VISION_TAIL_SAMPLING_LATENCY``). Alone, it turns tail sampling
+            on with a ratio of 0.
         additional_span_processors: more span processors (they also receive the GPU-completed spans).
         additional_metric_readers: more metric readers, e.g. a Prometheus reader.
 
@@ -669,6 +687,8 @@ def configure(
         logs=logs,
         log_level=log_level,
         nvtx=nvtx,
+        tail_sampling_ratio=tail_sampling_ratio,
+        tail_sampling_latency=tail_sampling_latency,
     )
     _config.check_extensions(additional_span_processors, additional_metric_readers)
     with _config.hidden_invalid_variables(settings):

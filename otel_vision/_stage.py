@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from time import perf_counter
 from types import GeneratorType, TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from opentelemetry import context, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision import _runtime
@@ -22,6 +22,9 @@ from otel_vision.attributes import (
     CUDA_OOM,
     ERROR_TYPE,
     VISION_ABANDONED,
+    VISION_BATCH_ROLE,
+    VISION_BATCH_SIZE,
+    VISION_BATCH_SKIPPED,
     VISION_INSTRUCTION_CATEGORY,
     VISION_ITEMS,
     VISION_MODEL_NAME,
@@ -121,6 +124,9 @@ class stage:
 
     __slots__ = ("_attributes", "_cv", "_kind", "_metric_attrs", "name")
 
+    _links: Sequence[Link] | None = None
+    """Links given to the span at its start (`batch` sets them; a plain stage has none)."""
+
     def __init__(
         self,
         name: str,
@@ -139,7 +145,9 @@ class stage:
     # --- the two halves every form shares ---------------------------------------------------------------------
     def _start(self, parent: context.Context | None) -> _Active:
         runtime = _runtime._current
-        span = runtime.tracer.start_span(self.name, context=parent, kind=self._kind, attributes=self._attributes)
+        span = runtime.tracer.start_span(
+            self.name, context=parent, kind=self._kind, attributes=self._attributes, links=self._links
+        )
         gpu = None
         if runtime.gpu is not None and span.is_recording():
             gpu = runtime.gpu.start()
@@ -427,6 +435,120 @@ class request(stage):
             attrs = {**attrs, ERROR_TYPE: instruments.guard(ERROR_TYPE, failure)}
         instruments.request_duration.record(duration, attrs)
         instruments.requests.add(1, attrs)
+
+
+class batch(stage):
+    """Trace one batch of work done for several requests at once (dynamic batching), linked to each of them.
+
+    ```python
+    jobs = take_batch(queue)
+    with otel_vision.batch("inference", requests=[job.context for job in jobs]):
+        outputs = model(torch.stack([job.input for job in jobs]))
+    ```
+
+    Exports one span (``vision.batch.role=batch``, ``vision.batch.size`` = N, GPU attributes as any stage) with a
+    link to the span of each request, and, in each request's own trace, a span of the same name and time window,
+    child of that request's span, linking back to the batch span and carrying ``vision.batch.size`` and
+    ``gpu.time.share`` (the batch's ``gpu.time`` / N, an estimate). Those member spans are made in the export path;
+    the calling thread starts and ends only the batch span. The batch span's parent is the current context (the
+    worker's), so each request's waterfall is complete on its own and the batch is one click away from any of them.
+
+    Args:
+        name: the stage name of the batch and member spans.
+        requests: the requests served: `Context` objects (e.g. ``opentelemetry.context.get_current()`` captured when
+            each job was enqueued), `SpanContext` objects or spans. Entries without a valid span are skipped and
+            counted (``vision.batch.skipped`` on the span, ``vision.batch.skipped_requests``), never raised. When
+            decorating, a function of the decorated function's arguments that returns them.
+        attributes: span attributes, as for `stage`.
+        kind: the span kind.
+    """
+
+    __slots__ = ("_links", "_requests_of", "_skipped", "_user_attributes")
+
+    def __init__(
+        self,
+        name: str,
+        requests: Iterable[object] | Callable[..., Iterable[object]] = (),
+        attributes: Mapping[str, AttributeValue] | None = None,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+    ) -> None:
+        super().__init__(name, attributes, kind=kind)
+        self._user_attributes = dict(attributes or {})
+        self._requests_of = requests if callable(requests) else None
+        links, skipped = ([], 0) if callable(requests) else _request_links(requests)
+        self._links = links
+        self._skipped = skipped
+        self._attributes[VISION_BATCH_ROLE] = "batch"
+        self._attributes[VISION_BATCH_SIZE] = len(links)
+        if skipped:
+            self._attributes[VISION_BATCH_SKIPPED] = skipped
+
+    def _start(self, parent: context.Context | None) -> _Active:
+        if self._skipped:
+            try:
+                _runtime._current.instruments.batch_skipped.add(self._skipped)
+            except Exception:
+                report_internal_error("batch skipped-requests counter")
+        return super()._start(parent)
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        extract = self._requests_of
+        if extract is None:
+            return super().__call__(fn)
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"batch({self.name!r}, requests=<function>) decorates functions and coroutines, not {fn!r}")
+        name, attributes, kind = self.name, self._user_attributes, self._kind
+
+        def per_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> batch:
+            try:
+                requests: Iterable[object] = extract(*args, **kwargs)
+            except Exception:
+                report_internal_error(f"batch({name!r}) requests function")
+                requests = ()
+            return batch(name, requests, attributes, kind=kind)
+
+        if inspect.iscoroutinefunction(fn):
+
+            async def traced_async(*args: Any, **kwargs: Any) -> Any:
+                async with per_call(args, kwargs):
+                    return await fn(*args, **kwargs)
+
+            return cast(Callable[P, R], functools.wraps(fn)(traced_async))
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            with per_call(args, kwargs):
+                return fn(*args, **kwargs)
+
+        return cast(Callable[P, R], functools.wraps(fn)(traced))
+
+
+def _request_links(requests: Iterable[object]) -> tuple[list[Link], int]:
+    """A link per request with a valid span, and how many entries had none (never raises)."""
+    links: list[Link] = []
+    skipped = 0
+    try:
+        entries = list(requests) if requests is not None else []
+    except Exception:
+        report_internal_error("batch requests")
+        return links, 1
+    for entry in entries:
+        try:
+            if isinstance(entry, SpanContext):
+                span_context = entry
+            elif isinstance(entry, Span):
+                span_context = entry.get_span_context()
+            elif isinstance(entry, dict):  # a Context is a dict
+                span_context = trace.get_current_span(cast(context.Context, entry)).get_span_context()
+            else:
+                span_context = None
+        except Exception:
+            span_context = None
+        if span_context is None or not span_context.is_valid:
+            skipped += 1
+        else:
+            links.append(Link(span_context))
+    return links, skipped
 
 
 def queue_wait(enqueued_at_ns: int, attributes: Mapping[str, AttributeValue] | None = None) -> None:

@@ -1,0 +1,291 @@
+"""Span processors between the GPU enrichment and the export queue: batch fan-out and in-process tail sampling.
+
+`BatchFanOut`: a `batch()` span carries a link to every request it served. Here, in the export path, each request's
+trace gets a span of the same name and time window, child of that request's span, linking back to the batch span,
+with the batch size and an estimated share of the batch's device time. The inference thread makes only the one
+batch span.
+
+`TailSampler`: all spans of a vision request are born in this process, so the decision can be made here when the
+trace's local root ends, before anything is exported: keep every trace with an error (``cuda_oom`` named apart),
+every trace slower than its operation's threshold, every trace that ran while the GPU was throttled, and a ratio of
+the rest; drop the others whole. Spans of a trace that arrive after its decision follow it (a bounded cache of
+decisions). Bounded: at most `MAX_TRACES` traces waiting, `MAX_SPANS` spans per trace, `MAX_AGE_S` seconds per trace;
+a trace that hits a bound is decided early on what it has (counted with ``vision.tail_sampling.early``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import Link, SpanContext, StatusCode, TraceFlags
+
+from otel_vision._errors import report_internal_error
+from otel_vision.attributes import (
+    CUDA_OOM,
+    ERROR_TYPE,
+    GPU_THROTTLE_REASONS,
+    GPU_TIME,
+    GPU_TIME_SHARE,
+    METRIC_TAIL_SAMPLING_TRACES,
+    VISION_BATCH_ROLE,
+    VISION_BATCH_SIZE,
+    VISION_BATCH_SKIPPED,
+    VISION_OPERATION,
+    VISION_TAIL_SAMPLING_DECISION,
+    VISION_TAIL_SAMPLING_EARLY,
+    VISION_TAIL_SAMPLING_REASON,
+)
+
+BATCH: Final = "batch"
+MEMBER: Final = "member"
+
+
+class _Forwarding(SpanProcessor):
+    def __init__(self, downstream: Sequence[SpanProcessor]) -> None:
+        self.downstream = tuple(downstream)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for processor in self.downstream:
+            processor.on_start(span, parent_context)
+
+    def _forward(self, span: ReadableSpan) -> None:
+        for processor in self.downstream:
+            processor.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        ok = True
+        for processor in self.downstream:
+            remaining = max(0, int((deadline - time.monotonic()) * 1000))
+            ok = processor.force_flush(remaining) is not False and ok
+        return ok
+
+    def shutdown(self) -> None:
+        for processor in self.downstream:
+            processor.shutdown()
+
+
+# --- batches ------------------------------------------------------------------------------------------------------
+class BatchFanOut(_Forwarding):
+    """Forwards every span; for a batch span, also one member span per linked request (see the module docstring)."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._forward(span)
+        attributes = span.attributes or {}
+        if attributes.get(VISION_BATCH_ROLE) != BATCH or not span.links or span.context is None:
+            return
+        try:
+            for member in members(span):
+                self._forward(member)
+        except Exception:
+            report_internal_error("batch member spans")
+
+
+def members(span: ReadableSpan) -> list[ReadableSpan]:
+    """The member spans of a finished batch span, one per linked request whose trace is sampled.
+
+    ``gpu.time.share`` is an estimate: the batch's ``gpu.time`` split evenly between its requests (a batch runs its
+    requests' work together on the device, so no per-request device time exists to measure).
+    """
+    attributes = span.attributes or {}
+    size = len(span.links)
+    # The stage's own attributes and the device; the batch's measurements (gpu.*) stay on the batch span.
+    common: dict[str, Any] = {
+        key: value
+        for key, value in attributes.items()
+        if not key.startswith("gpu.") and key not in (VISION_BATCH_ROLE, VISION_BATCH_SKIPPED, ERROR_TYPE)
+    }
+    common[VISION_BATCH_ROLE] = MEMBER
+    common[VISION_BATCH_SIZE] = size
+    gpu_time = attributes.get(GPU_TIME)
+    if isinstance(gpu_time, int | float):
+        common[GPU_TIME_SHARE] = gpu_time / size
+    if ERROR_TYPE in attributes:
+        common[ERROR_TYPE] = attributes[ERROR_TYPE]
+    back = (Link(span.context),)
+    out = []
+    for link in span.links:
+        request = link.context
+        if not request.trace_flags.sampled:
+            continue
+        context = SpanContext(
+            request.trace_id, random.getrandbits(64) or 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+        )
+        out.append(
+            ReadableSpan(
+                name=span.name,
+                context=context,
+                parent=request,
+                resource=span.resource,
+                attributes=common,
+                events=(),
+                links=back,
+                kind=span.kind,
+                status=span.status,
+                start_time=span.start_time,
+                end_time=span.end_time,
+                instrumentation_scope=span.instrumentation_scope,
+            )
+        )
+    return out
+
+
+# --- tail sampling ------------------------------------------------------------------------------------------------
+MAX_TRACES: Final = 10_000
+MAX_SPANS: Final = 1_000
+MAX_AGE_S: Final = 60.0
+MAX_DECISIONS: Final = 100_000
+KEEP: Final = "keep"
+DROP: Final = "drop"
+
+
+@dataclass
+class _Trace:
+    born: float
+    spans: list[ReadableSpan] = field(default_factory=list)
+
+
+class TailSampler(_Forwarding):
+    """Keeps or drops whole traces when their local root ends (see the module docstring)."""
+
+    def __init__(
+        self,
+        downstream: Sequence[SpanProcessor],
+        ratio: float,
+        latency: Mapping[str, float],
+        *,
+        max_traces: int = MAX_TRACES,
+        max_spans: int = MAX_SPANS,
+        max_age: float = MAX_AGE_S,
+    ) -> None:
+        super().__init__(downstream)
+        self._bound = int(ratio * (1 << 64))
+        self._latency = dict(latency)
+        self._default_latency = self._latency.pop("*", None)
+        self._max_traces = max_traces
+        self._max_spans = max_spans
+        self._max_age = max_age
+        self._traces: OrderedDict[int, _Trace] = OrderedDict()
+        self._decisions: OrderedDict[int, bool] = OrderedDict()
+        self._lock = threading.Lock()
+        self._counter: Any = None
+
+    def bind(self, meter: Meter) -> None:
+        self._counter = meter.create_counter(
+            METRIC_TAIL_SAMPLING_TRACES,
+            unit="{trace}",
+            description="Traces kept or dropped by the in-process tail sampler, by decision and reason.",
+        )
+
+    # --- SpanProcessor --------------------------------------------------------------------------------------------
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None:
+            return
+        trace_id = context.trace_id
+        decided: list[tuple[_Trace, bool]] = []
+        late: bool | None = None
+        with self._lock:
+            known = self._decisions.get(trace_id)
+            if known is not None:
+                late = known
+            else:
+                trace = self._traces.get(trace_id)
+                if trace is None:
+                    trace = self._traces[trace_id] = _Trace(time.monotonic())
+                trace.spans.append(span)
+                parent = span.parent
+                if parent is None or parent.is_remote or len(trace.spans) >= self._max_spans:
+                    decided.append(self._decide_locked(trace_id, early=parent is not None and not parent.is_remote))
+                self._enforce_bounds_locked(decided)
+        if late is not None:
+            if late:
+                self._forward(span)
+            return
+        for trace, keep in decided:
+            if keep:
+                for kept in trace.spans:
+                    self._forward(kept)
+
+    def _enforce_bounds_locked(self, decided: list[tuple[_Trace, bool]]) -> None:
+        traces = self._traces
+        now = time.monotonic()
+        while traces:
+            oldest_id, oldest = next(iter(traces.items()))
+            if len(traces) <= self._max_traces and now - oldest.born <= self._max_age:
+                break
+            decided.append(self._decide_locked(oldest_id, early=True))
+
+    def _decide_locked(self, trace_id: int, *, early: bool) -> tuple[_Trace, bool]:
+        trace = self._traces.pop(trace_id)
+        reason = self._reason(trace)
+        keep = reason is not None or (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound
+        if reason is None:
+            reason = "ratio" if keep else "sampled_out"
+        decisions = self._decisions
+        decisions[trace_id] = keep
+        if len(decisions) > MAX_DECISIONS:
+            decisions.popitem(last=False)
+        if self._counter is not None:
+            try:
+                self._counter.add(
+                    1,
+                    {
+                        VISION_TAIL_SAMPLING_DECISION: KEEP if keep else DROP,
+                        VISION_TAIL_SAMPLING_REASON: reason,
+                        VISION_TAIL_SAMPLING_EARLY: early,
+                    },
+                )
+            except Exception:
+                report_internal_error("tail sampling counter")
+        return trace, keep
+
+    def _reason(self, trace: _Trace) -> str | None:
+        """Why the trace must be kept whatever the ratio: ``cuda_oom``, ``error``, ``slow``, ``throttled``."""
+        error = throttled = False
+        for span in trace.spans:
+            attributes = span.attributes or {}
+            if attributes.get(ERROR_TYPE) == CUDA_OOM:
+                return CUDA_OOM
+            if span.status is not None and span.status.status_code is StatusCode.ERROR:
+                error = True
+            if attributes.get(GPU_THROTTLE_REASONS):
+                throttled = True
+        if error:
+            return "error"
+        root = trace.spans[-1]
+        if root.start_time is not None and root.end_time is not None:
+            operation = (root.attributes or {}).get(VISION_OPERATION, root.name)
+            threshold = self._latency.get(str(operation), self._default_latency)
+            if threshold is not None and (root.end_time - root.start_time) / 1e9 > threshold:
+                return "slow"
+        return "throttled" if throttled else None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        # Traces whose root has not ended are not finished yet: they wait (bounded by MAX_AGE_S).
+        with self._lock:
+            decided: list[tuple[_Trace, bool]] = []
+            self._enforce_bounds_locked(decided)
+        self._release(decided)
+        return super().force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            decided = [self._decide_locked(trace_id, early=True) for trace_id in list(self._traces)]
+        self._release(decided)
+        super().shutdown()
+
+    def _release(self, decided: list[tuple[_Trace, bool]]) -> None:
+        for trace, keep in decided:
+            if keep:
+                for span in trace.spans:
+                    self._forward(span)
