@@ -328,3 +328,30 @@ def test_trace_to_metrics_links_return_data(scene: Scene) -> None:
         checked += 1
         assert finite_values(scene.prometheus.query(expr, scene.at)), query["name"]
     assert checked == 2
+
+
+def test_throttling_panel_shows_each_gpus_reasons_beside_latency(scene: Scene) -> None:
+    """The fake GPUs run thermally throttled in the workload's second half: the throttling panel shows the fraction
+    of time per GPU and reason (throttling reasons only, never idle) next to the P95 latency of each operation."""
+    targets = {q.ref_id: q for q in dashboard_queries() if q.panel == "Slow requests beside GPU throttling"}
+    latency = scene.prometheus.query(substitute_grafana_variables(targets["A"].expr), scene.at)
+    assert {"classify", "predict", "pipeline"} <= {s["metric"]["vision_operation"] for s in latency}, latency
+    throttled = scene.prometheus.query(substitute_grafana_variables(targets["B"].expr), scene.at)
+    found = {(s["metric"]["hw_name"], s["metric"]["gpu_throttle_reason"]): float(s["value"][1]) for s in throttled}
+    assert set(found) == {(gpu, reason) for gpu in ("gpu0", "gpu1") for reason in ("sw_thermal", "hw_slowdown")}
+    assert all(0 < fraction <= 1 for fraction in found.values()), found
+
+
+def test_energy_panel_gives_joules_per_image_and_per_request(scene: Scene) -> None:
+    """The energy panel turns vision.request.energy into joules per image per model and joules per request per
+    operation, for the workload on fake GPUs (whose power is 250-450 W)."""
+    targets = {q.ref_id: q for q in dashboard_queries() if q.panel == "GPU energy per image and per request"}
+    per_image = scene.prometheus.query(substitute_grafana_variables(targets["A"].expr), scene.at)
+    per_request = scene.prometheus.query(substitute_grafana_variables(targets["B"].expr), scene.at)
+    images = {s["metric"]["vision_model_name"]: float(s["value"][1]) for s in per_image}
+    requests = {
+        (s["metric"]["vision_operation"], s["metric"]["vision_model_name"]): float(s["value"][1]) for s in per_request
+    }
+    assert images and requests, (per_image, per_request)
+    assert all(0 < joules < 1e5 for joules in [*images.values(), *requests.values()]), (images, requests)
+    assert {"yolov8n", "StableDiffusionInstructPix2PixPipeline"} <= {model for _, model in requests}, requests

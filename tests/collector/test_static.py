@@ -381,6 +381,7 @@ def _sdk_metrics() -> set[tuple[str, str, str]]:
         deadline = time.monotonic() + 10
         while "hw.gpu.utilization" not in captured.metric_names() and time.monotonic() < deadline:
             time.sleep(0.05)
+        captured.flush()  # metrics recorded in the export path (durations, request energy) are in
         data = captured.metric_reader.get_metrics_data()
     found = set()
     for resource_metrics in data.resource_metrics:

@@ -12,7 +12,8 @@ SDK's Prometheus endpoint (``OTEL_METRICS_EXPORTER=prometheus`` semantics, bound
 
 With ``--fake-gpus N`` the GPU telemetry runs against `otel_vision.testing`'s fake device: no GPU exists in CI, so
 the ``hw.gpu.*`` / ``gpu.memory.*`` series come from a fake NVML whose memory use ramps from 60 % to 97 % of the
-limit over the run (enough for the GPU-memory alerts to go pending) while utilization, power and temperature move.
+limit over the run (enough for the GPU-memory alerts to go pending) while utilization, power, energy and temperature
+move, and which runs thermally throttled at a lower SM clock in the second half.
 
 It prints one JSON line ``{"ready": ...}`` once the endpoint listens and one ``{"done": ...}`` when the workload
 has finished, then keeps serving the endpoint (Prometheus marks series stale when a target disappears) until it
@@ -62,7 +63,8 @@ def _fake_gpu(count: int) -> Any:
 
 
 def _drive_fake_gpu(fake: Any, count: int, duration: float, stop: threading.Event) -> None:
-    """Ramp memory use from 60 % to 97 % of the limit over ``duration``; move utilization, power, temperature."""
+    """Ramp memory use from 60 % to 97 % of the limit over ``duration``; move utilization, power, energy,
+    temperature; throttle (sw_thermal, hw_slowdown) in the second half."""
     start = time.monotonic()
     uuids = [f"GPU-00000000-fake-0000-0000-00000000000{i}" for i in range(count)]
     while not stop.wait(0.1):
@@ -71,6 +73,10 @@ def _drive_fake_gpu(fake: Any, count: int, duration: float, stop: threading.Even
         fake.nvml.power_watts = 250.0 + 200.0 * progress
         fake.nvml.energy_joules += fake.nvml.power_watts * 0.1
         fake.nvml.temperature = 45.0 + 30.0 * progress
+        # Hot in the second half: thermal throttling at a lower SM clock (the throttling panel and alert's series).
+        hot = progress >= 0.5
+        fake.nvml.throttle(*(("sw_thermal", "hw_slowdown") if hot else ()))
+        fake.nvml.sm_clock_mhz = 1410.0 if hot else 1980.0
         for index, uuid in enumerate(uuids):
             fake.nvml.add_sample(min(1.0, 0.5 + 0.4 * progress + 0.05 * index), uuid=uuid)
         fake.cuda.allocate(8 * 2**20)
