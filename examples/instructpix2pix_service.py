@@ -5,15 +5,20 @@
     curl -F image=@photo.jpg -F instruction="make it snowy" http://127.0.0.1:8000/edit -o edited.png
 
 Each request is one trace: the ``edit`` server span (honouring a caller's W3C ``traceparent``) is the parent of the
-``queue`` span (time waiting for the worker) and of the instrumented ``pipeline`` span with its phases and steps. The
-worker runs in its own thread, so the request's context travels with the job.
+``queue`` span (time waiting for the worker) and of an ``edit_batch`` member span. The worker runs in its own thread
+and batches dynamically: with a job it takes the queued jobs that can share one pipeline call (same steps, same image
+size, up to ``PIX2PIX_MAX_BATCH``) and runs them under ``otel_vision.batch("edit_batch", ...)``, whose span (in the
+worker's own trace, parent of the instrumented ``pipeline`` span with its phases and steps) links to every request it
+served; each request's member span links back to it.
 
 Every request is checked before it costs GPU time: body size, media type, image format, pixel count and smallest
 side, instruction, steps. A running job is stopped at its next denoising step when it passes the per-job timeout,
 when its client disconnects, or when the service shuts down (SIGTERM: running jobs get a grace period, queued jobs
-are answered at once). Every refusal is a JSON body ``{"error": <error.type>, "detail": <message>}``, a failed span
-with that ``error.type`` and a count in ``vision.requests``. The limits come from ``PIX2PIX_*`` environment variables
-(see `Settings` and docs/diffusers.md).
+are answered at once). In a batch, a job stopped alone is answered at once and its image dropped while the batch runs
+on for the others; the batch stops at its next step once every job in it is stopped. Every refusal is a JSON body
+``{"error": <error.type>, "detail": <message>}``, a failed span with that ``error.type`` and a count in
+``vision.requests``. The limits come from ``PIX2PIX_*`` environment variables (see `Settings` and
+docs/diffusers.md).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -61,6 +67,7 @@ class Settings:
     min_side: int = 64  # smallest width or height worth editing (400)
     job_timeout_s: float = 120.0  # a running job is stopped at its next step after this (504)
     shutdown_grace_s: float = 20.0  # on SIGTERM a running job may finish within this, then it is stopped (503)
+    max_batch: int = 4  # the most queued jobs (same steps, same image size) run together in one pipeline call
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -218,6 +225,10 @@ class Job:
     def timed_out(self) -> bool:
         return self.started_at is not None and time.monotonic() - self.started_at > self.timeout_s
 
+    def batch_key(self) -> tuple[int, tuple[int, int]]:
+        """Jobs with equal keys can share one pipeline call: same number of steps, same image size."""
+        return self.steps, self.image.size
+
 
 class JobQueue:
     """A bounded FIFO of jobs in which a cancelled job (its client left) gives its place back at once."""
@@ -243,6 +254,14 @@ class JobQueue:
                 self._ready.wait(timeout)
             return self._jobs.popleft() if self._jobs else None
 
+    def take_matching(self, key: tuple[int, tuple[int, int]], limit: int) -> list[Job]:
+        """Remove and return up to ``limit`` live queued jobs whose `Job.batch_key` is ``key``, oldest first."""
+        with self._ready:
+            taken = [job for job in self._jobs if job.stop_reason is None and job.batch_key() == key][:limit]
+            for job in taken:
+                self._jobs.remove(job)
+            return taken
+
     def qsize(self) -> int:
         """Jobs waiting whose clients still wait."""
         with self._ready:
@@ -257,14 +276,15 @@ class JobQueue:
 
 
 class Worker:
-    """The single GPU worker: takes jobs in order, runs the pipeline under the submitting request's context."""
+    """The single GPU worker: takes the oldest job and the queued jobs that can share its pipeline call, runs them as
+    one batch linked to each submitting request."""
 
     def __init__(self, pipe: Any, settings: Settings) -> None:
         self.pipe = pipe
         self.settings = settings
         self.jobs = JobQueue(settings.queue)
         self.thread = threading.Thread(target=self._run, name="pix2pix-worker", daemon=True)
-        self.current: Job | None = None
+        self.current: list[Job] = []  # the running batch
         self.mean_job_s = 1.0  # recent mean run time, for Retry-After
         # Set by a signal handler: plain assignments only (no locks), read by the worker and the waiting requests.
         self.draining_since: float | None = None
@@ -313,40 +333,57 @@ class Worker:
             if job.stop_reason is not None:  # its client left, or we are shutting down: never starts
                 job.result.set_exception(job.stop_reason())
                 continue
-            self.current = job
+            jobs = [job, *self.jobs.take_matching(job.batch_key(), self.settings.max_batch - 1)]
+            self.current = jobs
             try:
-                self._execute(job)
+                self._execute(jobs)
             finally:
-                self.current = None
+                self.current = []
 
-    def _execute(self, job: Job) -> None:
-        token = context.attach(job.context)
-        job.started_at = time.monotonic()
+    def _execute(self, jobs: list[Job]) -> None:
+        started = time.monotonic()
+        for job in jobs:  # each request's own queue span, under its own context
+            job.started_at = started
+            token = context.attach(job.context)
+            try:
+                otel_vision.queue_wait(job.enqueued_at, attributes={"vision.model.name": MODEL_NAME})
+            finally:
+                context.detach(token)
         try:
-            otel_vision.queue_wait(job.enqueued_at, attributes={"vision.model.name": MODEL_NAME})
-            output = self.pipe(
-                job.instruction,
-                image=job.image,
-                num_inference_steps=job.steps,
-                callback_on_step_end=self._step_end(job),
-            )
-            job.result.set_result(output.images[0])
-            self.mean_job_s = 0.7 * self.mean_job_s + 0.3 * (time.monotonic() - job.started_at)
-        except BaseException as exc:  # the request handler re-raises it inside its span
-            job.result.set_exception(exc)
-        finally:
-            context.detach(token)
+            # In the worker's context: the batch span starts a trace of its own, linked to every request it serves;
+            # otel_vision puts a member span in each request's trace.
+            with otel_vision.batch("edit_batch", requests=[job.context for job in jobs]):
+                output = self.pipe(
+                    [job.instruction for job in jobs],
+                    image=[job.image for job in jobs],
+                    num_inference_steps=jobs[0].steps,
+                    callback_on_step_end=self._step_end(jobs),
+                )
+            for job, image in zip(jobs, output.images, strict=True):
+                job.result.set_result(image)  # a job answered early (stopped alone) has dropped its image
+            self.mean_job_s = 0.7 * self.mean_job_s + 0.3 * (time.monotonic() - started) / len(jobs)
+        except BaseException as exc:  # the request handlers re-raise it inside their spans
+            for job in jobs:
+                reason = job.stop_reason
+                job.result.set_exception(reason() if reason is not None else exc)
 
-    def _step_end(self, job: Job) -> Callable[..., Any]:
-        """The pipeline's ``callback_on_step_end``: raising here stops the denoising loop before the next step."""
+    def _step_end(self, jobs: list[Job]) -> Callable[..., Any]:
+        """The pipeline's ``callback_on_step_end``: raising here stops the denoising loop before the next step.
+
+        A job stopped alone (its client left) is answered by its request at once; the batch goes on for the others
+        and drops its image. The batch stops once every job in it is stopped (all past the deadline, the shutdown
+        grace over, or every client gone)."""
 
         def check(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            if job.stop_reason is None and job.timed_out():
-                job.cancel(lambda: JobTimeoutError(job.timeout_s))
-            if job.stop_reason is None and self.grace_over():
-                job.cancel(ShuttingDownError)
-            if job.stop_reason is not None:
-                raise job.stop_reason()
+            grace_over = self.grace_over()
+            for job in jobs:
+                if job.stop_reason is None and job.timed_out():
+                    job.cancel(partial(JobTimeoutError, job.timeout_s))
+                if job.stop_reason is None and grace_over:
+                    job.cancel(ShuttingDownError)
+            first = jobs[0].stop_reason
+            if first is not None and all(job.stop_reason is not None for job in jobs):
+                raise first()
             return callback_kwargs
 
         return check
@@ -564,7 +601,8 @@ def create_app(
         body = {
             "status": "draining" if worker.draining_since is not None else "ok",
             "queued": worker.jobs.qsize(),
-            "running": worker.current is not None,
+            "running": bool(worker.current),
+            "batch": len(worker.current),
         }
         return JSONResponse(body, status_code=503 if worker.draining_since is not None else 200)
 

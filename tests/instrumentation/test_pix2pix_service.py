@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -84,8 +85,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _batches(telemetry: CapturedTelemetry) -> tuple[list[ReadableSpan], list[ReadableSpan]]:
+    """The worker's ``edit_batch`` spans and the member spans in the requests' traces, in end order."""
+    spans = telemetry.spans("edit_batch")
+    return (
+        [s for s in spans if s.attributes["vision.batch.role"] == "batch"],
+        [s for s in spans if s.attributes["vision.batch.role"] == "member"],
+    )
+
+
 def test_one_trace_per_request_honouring_traceparent(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
-    """The edit span continues the caller's trace and is the parent of the queue span and the pipeline span."""
+    """The edit span continues the caller's trace and is the parent of the queue span and of its member span of the
+    worker's batch (here a batch of one); the batch span links to the edit span and is the pipeline span's parent."""
     headers = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
     with _client(service.create_app(pipe, steps=2)) as client:
         response = client.post("/edit", files=_upload(), data={"instruction": "make it snowy"}, headers=headers)
@@ -94,9 +105,15 @@ def test_one_trace_per_request_honouring_traceparent(pipe: Any, vision_telemetry
     assert edit.kind is SpanKind.SERVER and format(edit.context.trace_id, "032x") == TRACE_ID
     assert format(edit.parent.span_id, "016x") == "00f067aa0ba902b7"
     queue_span, pipeline = vision_telemetry.span("queue"), vision_telemetry.span("pipeline")
-    for child in (queue_span, pipeline):
+    (batch,), (member,) = _batches(vision_telemetry)
+    for child in (queue_span, member):
         assert child.parent.span_id == edit.context.span_id
-    assert queue_span.end_time <= pipeline.start_time
+    assert batch.attributes["vision.batch.size"] == 1 and member.attributes["vision.batch.size"] == 1
+    assert [link.context.span_id for link in batch.links] == [edit.context.span_id]
+    assert [link.context.span_id for link in member.links] == [batch.context.span_id]
+    assert batch.context.trace_id != edit.context.trace_id  # the worker's own trace
+    assert pipeline.parent.span_id == batch.context.span_id and pipeline.attributes["vision.batch.size"] == 1
+    assert queue_span.end_time <= batch.start_time <= pipeline.start_time
     assert len(vision_telemetry.spans("denoise_step")) == 2
     (wait,) = vision_telemetry.points("vision.queue.duration")
     assert wait.count == 1 and wait.attributes == {"vision.model.name": service.MODEL_NAME}
