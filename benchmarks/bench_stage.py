@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http/protobuf"])
-    parser.add_argument("--variant", default="default", choices=["default", "no-metric-reader"])
+    parser.add_argument(
+        "--variant", default="default", choices=["default", "no-metric-reader", "tail-sampling-keep-all"]
+    )
     args = parser.parse_args()
 
     collector, grpc, http = start_rotel()
@@ -77,6 +79,9 @@ def main() -> None:
     os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = args.protocol
     if args.variant == "no-metric-reader":
         os.environ["OTEL_METRICS_EXPORTER"] = "none"
+    if args.variant == "tail-sampling-keep-all":
+        # Every trace kept: the sampler's own cost, with the same spans exported as in the default run.
+        os.environ["OTEL_VISION_TAIL_SAMPLING_RATIO"] = "1.0"
     import otel_vision
 
     try:
@@ -86,6 +91,12 @@ def main() -> None:
         stage_cm = otel_vision.stage("inference", attributes=ATTRIBUTES)
         decorated = otel_vision.stage("inference", attributes=ATTRIBUTES)(work)
         req = otel_vision.request("predict", attributes=ATTRIBUTES)
+        from opentelemetry import context
+
+        requests = []
+        for _ in range(8):
+            with otel_vision.request("edit"):
+                requests.append(context.get_current())
 
         def bare_sdk() -> None:
             for _ in range(args.calls):
@@ -106,11 +117,19 @@ def main() -> None:
                 with req:
                     work()
 
+        def batch_of_8() -> None:
+            for _ in range(args.calls):
+                with otel_vision.batch("inference", requests=requests, attributes=ATTRIBUTES):
+                    work()
+
         variants: dict[str, Callable[[], None]] = {
             "bare SDK span (start_as_current_span, same attributes, same provider)": bare_sdk,
             "otel_vision.stage() as context manager": stage_with,
             "otel_vision.stage() as decorator": stage_decorator,
             "otel_vision.request() as context manager": request_with,
+            "otel_vision.batch() of 8 requests (new batch object per call; 8 member spans in the export path)": (
+                batch_of_8
+            ),
         }
         for fn in variants.values():  # warm-up
             fn()

@@ -15,7 +15,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from otel_vision import _runtime
+from otel_vision import _runtime, _tail
 from otel_vision._errors import describe_exception, error_type, report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
@@ -463,7 +463,7 @@ class batch(stage):
         kind: the span kind.
     """
 
-    __slots__ = ("_links", "_requests_of", "_skipped", "_user_attributes")
+    __slots__ = ("_links", "_requests", "_requests_of", "_skipped", "_user_attributes")
 
     def __init__(
         self,
@@ -476,21 +476,31 @@ class batch(stage):
         super().__init__(name, attributes, kind=kind)
         self._user_attributes = dict(attributes or {})
         self._requests_of = requests if callable(requests) else None
-        links, skipped = ([], 0) if callable(requests) else _request_links(requests)
-        self._links = links
+        span_contexts, skipped = ([], 0) if callable(requests) else _request_span_contexts(requests)
+        self._requests = span_contexts
+        self._links = None
         self._skipped = skipped
         self._attributes[VISION_BATCH_ROLE] = "batch"
-        self._attributes[VISION_BATCH_SIZE] = len(links)
+        self._attributes[VISION_BATCH_SIZE] = len(span_contexts)
         if skipped:
             self._attributes[VISION_BATCH_SKIPPED] = skipped
 
     def _start(self, parent: context.Context | None) -> _Active:
+        runtime = _runtime._current
         if self._skipped:
             try:
-                _runtime._current.instruments.batch_skipped.add(self._skipped)
+                runtime.instruments.batch_skipped.add(self._skipped)
             except Exception:
                 report_internal_error("batch skipped-requests counter")
-        return super()._start(parent)
+        if not runtime.span_metrics:
+            # Not our pipeline (the global API): links at the start, as any OpenTelemetry span.
+            self._links = [Link(c) for c in self._requests]
+            return super()._start(parent)
+        active = super()._start(parent)
+        if self._requests and active.span.is_recording():
+            # Our export path adds the links (and makes the member spans) off this thread.
+            _tail.expect_links(active.span.get_span_context().span_id, self._requests)
+        return active
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         extract = self._requests_of
@@ -523,23 +533,23 @@ class batch(stage):
         return cast(Callable[P, R], functools.wraps(fn)(traced))
 
 
-def _request_links(requests: Iterable[object]) -> tuple[list[Link], int]:
-    """A link per request with a valid span, and how many entries had none (never raises)."""
-    links: list[Link] = []
+def _request_span_contexts(requests: Iterable[object]) -> tuple[list[SpanContext], int]:
+    """The valid span context of each request, and how many entries had none (never raises)."""
+    found: list[SpanContext] = []
     skipped = 0
     try:
         entries = list(requests) if requests is not None else []
     except Exception:
         report_internal_error("batch requests")
-        return links, 1
+        return found, 1
     for entry in entries:
         try:
-            if isinstance(entry, SpanContext):
+            if isinstance(entry, dict):  # a Context (the common case first: isinstance on the Span ABC is slow)
+                span_context = trace.get_current_span(cast(context.Context, entry)).get_span_context()
+            elif isinstance(entry, SpanContext):
                 span_context = entry
             elif isinstance(entry, Span):
                 span_context = entry.get_span_context()
-            elif isinstance(entry, dict):  # a Context is a dict
-                span_context = trace.get_current_span(cast(context.Context, entry)).get_span_context()
             else:
                 span_context = None
         except Exception:
@@ -547,8 +557,8 @@ def _request_links(requests: Iterable[object]) -> tuple[list[Link], int]:
         if span_context is None or not span_context.is_valid:
             skipped += 1
         else:
-            links.append(Link(span_context))
-    return links, skipped
+            found.append(span_context)
+    return found, skipped
 
 
 def queue_wait(enqueued_at_ns: int, attributes: Mapping[str, AttributeValue] | None = None) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -47,6 +47,18 @@ from otel_vision.attributes import (
 
 BATCH: Final = "batch"
 MEMBER: Final = "member"
+_MAX_EXPECTED: Final = 10_000
+_DRAIN_INTERVAL_S: Final = 0.2
+
+_expected: dict[int, Sequence[SpanContext]] = {}
+"""Batch span id -> the span contexts of its requests, registered by `batch()` and taken by `BatchFanOut`."""
+
+
+def expect_links(span_id: int, requests: Sequence[SpanContext]) -> None:
+    """Register the requests of a starting batch span: the export path turns them into links and member spans."""
+    _expected[span_id] = requests
+    if len(_expected) > _MAX_EXPECTED:  # batch spans that never reached our processor (another provider)
+        _expected.pop(next(iter(_expected)), None)
 
 
 class _Forwarding(SpanProcessor):
@@ -76,18 +88,77 @@ class _Forwarding(SpanProcessor):
 
 # --- batches ------------------------------------------------------------------------------------------------------
 class BatchFanOut(_Forwarding):
-    """Forwards every span; for a batch span, also one member span per linked request (see the module docstring)."""
+    """Forwards every span at once; the member spans of a batch span (see the module docstring) are made and
+    forwarded by a background thread, so the thread that ends the batch pays only for the batch span."""
+
+    def __init__(self, downstream: Sequence[SpanProcessor]) -> None:
+        super().__init__(downstream)
+        self._batches: deque[tuple[ReadableSpan, Sequence[SpanContext]]] = deque()
+        self._wake = threading.Event()
+        self._drain_lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="otel-vision-batch-members", daemon=True)
+        self._thread.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        self._forward(span)
-        attributes = span.attributes or {}
-        if attributes.get(VISION_BATCH_ROLE) != BATCH or not span.links or span.context is None:
+        context = span.context
+        requests = _expected.pop(context.span_id, None) if context is not None and _expected else None
+        if requests is None:
+            self._forward(span)
             return
-        try:
-            for member in members(span):
-                self._forward(member)
-        except Exception:
-            report_internal_error("batch member spans")
+        self._batches.append((span, requests))  # the thread takes them every 0.2 s: no wake-up per batch
+
+    def drain(self) -> None:
+        with self._drain_lock:
+            while self._batches:
+                try:
+                    span, requests = self._batches.popleft()
+                except IndexError:
+                    return
+                try:
+                    linked = _with_links(span, requests)
+                except Exception:
+                    report_internal_error("batch links")
+                    linked = span
+                self._forward(linked)
+                try:
+                    for member in members(linked):
+                        self._forward(member)
+                except Exception:
+                    report_internal_error("batch member spans")
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(_DRAIN_INTERVAL_S)
+            self.drain()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.drain()
+        return super().force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.drain()
+        self._stopped = True
+        self._wake.set()
+        super().shutdown()
+
+
+def _with_links(span: ReadableSpan, requests: Sequence[SpanContext]) -> ReadableSpan:
+    """A copy of a finished batch span with a link to each request (finished spans are immutable)."""
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=span.events,
+        links=(*span.links, *(Link(request) for request in requests)),
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def members(span: ReadableSpan) -> list[ReadableSpan]:
