@@ -287,6 +287,83 @@ def test_full_queue_answers_429(pipe: Any, vision_telemetry: CapturedTelemetry) 
     assert _requests_by_error(vision_telemetry) == {"queue_full": 1, None: 2}
 
 
+class Gated:
+    """The pipeline behind a gate per call: records each call's batch size, then waits for the test to open it."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.sizes: list[int] = []
+        self.entered = [threading.Event() for _ in range(4)]
+        self.gates = [threading.Event() for _ in range(4)]
+
+    def __call__(self, prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        call = len(self.sizes)
+        self.sizes.append(len(prompt) if isinstance(prompt, list) else 1)
+        self.entered[call].set()
+        self.gates[call].wait(timeout=60)
+        return self.pipe(prompt, *args, **kwargs)
+
+    def open_all(self) -> None:
+        for gate in self.gates:
+            gate.set()
+
+
+def _wait_until(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_queued_requests_with_the_same_settings_share_one_batch(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """While the worker is busy, two requests with the same steps and image size and one with another size queue up:
+    the two run as one pipeline call under one batch span linked to both edit spans (the older job first, the other
+    size waits for its own batch); each request's trace holds its queue span and its member span."""
+    gated = Gated(pipe)
+    app = service.create_app(gated, service.Settings(steps=1, min_side=16))
+    responses: dict[str, Any] = {}
+    with _client(app) as client:
+
+        def post(name: str, image: bytes) -> None:
+            responses[name] = client.post("/edit", files=_upload(image), data={"instruction": name})
+
+        threads = [threading.Thread(target=post, args=("busy", _png()))]
+        threads[0].start()
+        try:
+            assert gated.entered[0].wait(timeout=30)  # the worker holds the first job
+            for queued, (name, image) in enumerate(
+                (("first", _png()), ("other-size", _png(80, 80)), ("second", _png())), start=1
+            ):
+                threads.append(threading.Thread(target=post, args=(name, image)))
+                threads[-1].start()
+                _wait_until(lambda n=queued: app.state.worker.jobs.qsize() == n, f"{name} queued")
+        finally:
+            gated.open_all()
+            for thread in threads:
+                thread.join(timeout=120)
+    assert {name: r.status_code for name, r in responses.items()} == dict.fromkeys(responses, 200)
+    assert len(responses) == 4 and gated.sizes == [1, 2, 1]
+    batches, members = _batches(vision_telemetry)
+    assert [b.attributes["vision.batch.size"] for b in batches] == [1, 2, 1]
+    pair = batches[1]
+    assert len(pair.links) == 2
+    edit_by_span = {s.context.span_id: s for s in vision_telemetry.spans("edit")}
+    linked = [edit_by_span[link.context.span_id] for link in pair.links]
+    assert all(e.context.trace_id == link.context.trace_id for e, link in zip(linked, pair.links, strict=True))
+    queue_by_trace = {s.context.trace_id: s for s in vision_telemetry.spans("queue")}
+    assert queue_by_trace[linked[0].context.trace_id].start_time < queue_by_trace[linked[1].context.trace_id].start_time
+    for edit in linked:
+        (member,) = [m for m in members if m.context.trace_id == edit.context.trace_id]
+        assert member.parent.span_id == edit.context.span_id
+        assert [link.context.span_id for link in member.links] == [pair.context.span_id]
+        assert member.attributes["vision.batch.size"] == 2
+        assert queue_by_trace[edit.context.trace_id].parent.span_id == edit.context.span_id
+    pipelines = vision_telemetry.spans("pipeline")
+    assert [p.attributes["vision.batch.size"] for p in pipelines] == [1, 2, 1]
+    assert pipelines[1].parent.span_id == pair.context.span_id
+    assert len(members) == 4 and len(vision_telemetry.spans("queue")) == 4
+
+
 @contextmanager
 def _served(app: Any) -> Iterator[str]:
     """The app under a real uvicorn on a free 127.0.0.1 port, in a thread, stopped on exit."""
@@ -345,6 +422,108 @@ def test_job_of_a_departed_client_is_stopped(pipe: Any, vision_telemetry: Captur
     stopped, finished = vision_telemetry.spans("pipeline")
     assert stopped.attributes["error.type"] == "client_disconnected" and "error.type" not in finished.attributes
     assert _requests_by_error(vision_telemetry) == {"client_disconnected": 1, None: 1}
+
+
+def _raw_post(url: str, image: bytes, data: dict[str, str]) -> socket.socket:
+    """Send a whole /edit request on a plain socket, so the test decides when the client goes away."""
+    import httpx
+
+    request = httpx.Request("POST", f"{url}/edit", files=_upload(image), data=data)
+    body = request.read()
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /edit HTTP/1.1\r\nHost: {host}\r\nContent-Type: {request.headers['content-type']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    connection.sendall(head.encode() + body)
+    return connection
+
+
+def test_a_client_leaving_a_batch_is_answered_and_the_batch_runs_on(
+    pipe: Any, vision_telemetry: CapturedTelemetry
+) -> None:
+    """Documented choice: when one client of a running batch leaves, its job is answered (499, counted) and its image
+    dropped; the batch is not stopped, so the other request of the batch still gets its edit."""
+    import httpx
+
+    gated = Gated(pipe)
+    app = service.create_app(gated, service.Settings(steps=2, min_side=16))
+    results: dict[str, Any] = {}
+    with _served(app) as url:
+
+        def post(name: str) -> None:
+            results[name] = httpx.post(f"{url}/edit", files=_upload(), data={"instruction": name}, timeout=120)
+
+        threads = [threading.Thread(target=post, args=("busy",))]
+        threads[0].start()
+        leaving = None
+        try:
+            assert gated.entered[0].wait(timeout=30)
+            threads.append(threading.Thread(target=post, args=("staying",)))
+            threads[-1].start()
+            _wait_until(lambda: app.state.worker.jobs.qsize() == 1, "the staying job queued")
+            leaving = _raw_post(url, _png(), {"instruction": "leaving"})
+            _wait_until(lambda: app.state.worker.jobs.qsize() == 2, "the leaving job queued")
+            gated.gates[0].set()
+            assert gated.entered[1].wait(timeout=30)  # the batch of two has started
+            leaving.close()
+            _wait_until(
+                lambda: sum(job.stop_reason is not None for job in app.state.worker.current) == 1,
+                "the service to notice the client left",
+            )
+        finally:
+            gated.open_all()
+            for thread in threads:
+                thread.join(timeout=120)
+            if leaving is not None:
+                leaving.close()
+    assert gated.sizes == [1, 2]
+    assert results["busy"].status_code == 200 and results["staying"].status_code == 200
+    batches, members = _batches(vision_telemetry)
+    assert [b.attributes["vision.batch.size"] for b in batches] == [1, 2]
+    assert all("error.type" not in span.attributes for span in [*batches, *vision_telemetry.spans("pipeline")])
+    errors = sorted(str(s.attributes.get("error.type")) for s in vision_telemetry.spans("edit"))
+    assert errors == ["None", "None", "client_disconnected"]
+    assert len(members) == 3
+
+
+def test_a_batch_whose_jobs_all_time_out_stops_at_its_next_step(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
+    """Every job of a batch past its deadline: each request is answered 504 and the batch stops at its next step
+    (its span, and each request's member span, failed with ``job_timeout``); the worker is free for the next job."""
+    gated = Gated(pipe)
+    settings = service.Settings(job_timeout_s=5.0, steps=500, max_steps=500, min_side=16)
+    app = service.create_app(gated, settings)
+    results: dict[str, Any] = {}
+    with _client(app) as client:
+
+        def post(name: str, image: bytes, data: dict[str, str]) -> None:
+            results[name] = client.post("/edit", files=_upload(image), data={"instruction": name, **data})
+
+        threads = [threading.Thread(target=post, args=("busy", _png(16, 16), {"steps": "1"}))]
+        threads[0].start()
+        try:
+            assert gated.entered[0].wait(timeout=30)
+            for queued, name in enumerate(("long-1", "long-2"), start=1):
+                threads.append(threading.Thread(target=post, args=(name, _png(128, 128), {})))
+                threads[-1].start()
+                _wait_until(lambda n=queued: app.state.worker.jobs.qsize() == n, f"{name} queued")
+        finally:
+            gated.open_all()
+            for thread in threads:
+                thread.join(timeout=120)
+        after = client.post("/edit", files=_upload(_png(16, 16)), data={"instruction": "next", "steps": "1"})
+    assert gated.sizes == [1, 2, 1]
+    assert [results[name].status_code for name in ("long-1", "long-2")] == [504, 504] and after.status_code == 200
+    batches, members = _batches(vision_telemetry)
+    stopped = batches[1]
+    assert stopped.attributes["vision.batch.size"] == 2 and stopped.attributes["error.type"] == "job_timeout"
+    assert [m.attributes["error.type"] for m in members if m.links[0].context.span_id == stopped.context.span_id] == [
+        "job_timeout",
+        "job_timeout",
+    ]
+    assert vision_telemetry.spans("pipeline")[1].attributes["error.type"] == "job_timeout"
+    assert len(vision_telemetry.spans("denoise_step")) < 100
 
 
 def test_queued_job_of_a_departed_client_gives_its_place_back(pipe: Any, vision_telemetry: CapturedTelemetry) -> None:
