@@ -1,7 +1,9 @@
 """A multi-camera loop: each iteration reads one frame per camera and runs them as one YOLO batch.
 
-One trace per frame batch: ``frames`` (root) > ``read`` per camera (with ``vision.stream.id``) > ``predict`` > batch >
-preprocess / inference / postprocess, and per-image events in camera order.
+Each frame is a request with a trace of its own: ``frame`` (root, ``vision.stream.id``) > ``read``, then ``detect``,
+its share of the batch (a member span linking to the batch span, with ``vision.batch.size`` and ``gpu.time.share``).
+The frame's request lasts from reading it until its batch is done. The batch of one iteration is one more trace:
+``detect`` (linked to every frame it served) > ``predict`` > preprocess / inference / postprocess.
 
     python examples/multi_camera.py --cameras 3 --iterations 5
     python examples/multi_camera.py --sources rtsp://cam1/stream rtsp://cam2/stream
@@ -14,8 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+from opentelemetry import context
 
 import otel_vision
 
@@ -36,6 +42,16 @@ def fake_cameras(directory: Path, count: int, frames: int) -> list[str]:
     return paths
 
 
+@contextmanager
+def new_trace() -> Iterator[None]:
+    """What is traced inside starts a trace of its own, whatever is current outside."""
+    token = context.attach(context.Context())
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources", nargs="*", help="camera URLs or video files (default: generated clips)")
@@ -48,8 +64,11 @@ def main() -> None:
     import cv2
     from ultralytics import YOLO
 
-    # No collector configured: draw each trace in the terminal (stderr). With an endpoint: export over OTLP.
-    exporter = None if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "waterfall"
+    # No collector configured: draw each trace in the terminal (stderr). With an endpoint (or OTEL_TRACES_EXPORTER
+    # set): export as the standard variables say.
+    configured = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_TRACES_EXPORTER")
+    exporter = None if configured else "waterfall"
+    model_name = Path(args.weights).stem
     otel_vision.configure(service_name="multi-camera", exporter=exporter)
     model = YOLO(args.weights)
     otel_vision.instrument_ultralytics(model)
@@ -58,18 +77,28 @@ def main() -> None:
         captures = {f"cam-{i}": cv2.VideoCapture(src) for i, src in enumerate(sources)}
         try:
             for iteration in range(args.iterations):
-                with otel_vision.request(
-                    "frames", attributes={"vision.model.name": "yolov8n", "loop.iteration": iteration}
-                ):
+                # Each frame's request stays open until its batch is done: its duration is the frame's latency.
+                with ExitStack() as open_frames:
                     frames: list[Any] = []
+                    requests: list[context.Context] = []  # the context of each frame's request, for the batch
                     for stream_id, capture in captures.items():
-                        with otel_vision.stage("read", attributes={"vision.stream.id": stream_id}):
+                        open_frames.enter_context(new_trace())
+                        attributes = {
+                            "vision.stream.id": stream_id,
+                            "vision.model.name": model_name,
+                            "loop.iteration": iteration,
+                        }
+                        open_frames.enter_context(otel_vision.request("frame", attributes=attributes))
+                        with otel_vision.stage("read"):
                             ok, frame = capture.read()
                         if ok:
                             frames.append(frame)
+                            requests.append(context.get_current())
                     if not frames:
                         break
-                    model.predict(frames, imgsz=320, verbose=False)  # list -> one batch, images in camera order
+                    # The batch belongs to no frame: its own trace, linked to each frame's request.
+                    with new_trace(), otel_vision.batch("detect", requests=requests):
+                        model.predict(frames, imgsz=320, verbose=False)  # list -> one batch, in camera order
         finally:
             for capture in captures.values():
                 capture.release()
