@@ -1,6 +1,8 @@
 """The root-logger handler that exports stdlib ``logging`` records, and the order-independence it needs.
 
-The handler is OpenTelemetry's supported one (``opentelemetry-instrumentation-logging``; the SDK's own is deprecated).
+The handler is our own small one (`ExportingHandler`): the SDK's ``LoggingHandler`` is deprecated, and its
+supported successor in ``opentelemetry-instrumentation-logging`` costs 45 ms of imports (the instrumentor machinery)
+at ``configure()``, more than the rest of it together.
 Putting any handler on the root logger has a side effect: ``logging.basicConfig()`` does nothing once the root logger
 has a handler, so an application that configures logging *after* ``configure()`` would silently lose its console
 output. `attach()` therefore wraps ``logging.basicConfig`` and ``logging.config.dictConfig``/``fileConfig`` once: while
@@ -14,9 +16,11 @@ import functools
 import logging
 import logging.config
 import threading
+import time
+import traceback
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 _lock = threading.Lock()
 _ours: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
@@ -31,11 +35,85 @@ class _NotOurLogs(logging.Filter):
         return not record.name.startswith("opentelemetry")
 
 
+_SEVERITY: Final = ((50, 21, "FATAL"), (40, 17, "ERROR"), (30, 13, "WARN"), (20, 9, "INFO"), (10, 5, "DEBUG"))
+"""(lowest stdlib level, OpenTelemetry severity number, severity text), highest first: the data model's mapping."""
+_STANDARD_FIELDS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class ExportingHandler(logging.Handler):
+    """Turns stdlib records into OpenTelemetry log records of one logger provider, with the active trace and span.
+
+    Attributes: the code location (``code.file.path``, ``code.function.name``, ``code.line.number``), the exception
+    (``exception.type``, ``exception.message``, ``exception.stacktrace``) when there is one, and any ``extra=`` the
+    application passed. A record logged while this handler emits (by the export path itself) is not exported again.
+    """
+
+    def __init__(self, logger_provider: Any, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._provider = logger_provider
+        self._loggers: dict[str, Any] = {}
+        self._emitting = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._emitting, "active", False):
+            return
+        self._emitting.active = True
+        try:
+            logger = self._loggers.get(record.name)
+            if logger is None:
+                logger = self._loggers[record.name] = self._provider.get_logger(record.name)
+            logger.emit(self._translate(record))
+        except Exception:
+            self.handleError(record)
+        finally:
+            self._emitting.active = False
+
+    def _translate(self, record: logging.LogRecord) -> Any:
+        from opentelemetry._logs import LogRecord, SeverityNumber
+        from opentelemetry.context import get_current
+
+        number, text = 1, record.levelname
+        for lowest, otel_number, otel_text in _SEVERITY:
+            if record.levelno >= lowest:
+                number, text = otel_number + min(3, (record.levelno - lowest) // 2), otel_text
+                break
+        attributes: dict[str, Any] = {
+            key: value for key, value in vars(record).items() if key not in _STANDARD_FIELDS and _plain(value)
+        }
+        attributes["code.file.path"] = record.pathname
+        attributes["code.function.name"] = record.funcName
+        attributes["code.line.number"] = record.lineno
+        if record.exc_info and record.exc_info[0] is not None:
+            kind, value, tb = record.exc_info
+            attributes["exception.type"] = kind.__name__
+            attributes["exception.message"] = _describe(value)
+            if tb is not None:
+                attributes["exception.stacktrace"] = "".join(traceback.format_exception(kind, value, tb))
+        return LogRecord(
+            timestamp=int(record.created * 1e9),
+            observed_timestamp=time.time_ns(),
+            context=get_current(),
+            severity_text=text,
+            severity_number=SeverityNumber(number),
+            body=self.format(record) if self.formatter is not None else record.getMessage(),
+            attributes=attributes,
+        )
+
+
+def _plain(value: object) -> bool:
+    return isinstance(value, str | bool | int | float)
+
+
+def _describe(value: BaseException | None) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} object: str() failed>"
+
+
 def exporting_handler(logger_provider: Any, level: int) -> logging.Handler:
     """A handler that turns records at ``level`` or above into OpenTelemetry log records of ``logger_provider``."""
-    from opentelemetry.instrumentation.logging.handler import LoggingHandler
-
-    handler = LoggingHandler(level=level, logger_provider=logger_provider, log_code_attributes=True)
+    handler = ExportingHandler(logger_provider, level)
     handler.addFilter(_NotOurLogs())
     return handler
 
