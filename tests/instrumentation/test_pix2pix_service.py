@@ -175,6 +175,7 @@ def test_refusals_are_clear_and_counted(
         ("PIX2PIX_MAX_PIXELS", "lots", "PIX2PIX_MAX_PIXELS must be an integer, got 'lots'"),
         ("PIX2PIX_JOB_TIMEOUT_S", "0", "PIX2PIX_JOB_TIMEOUT_S must be a positive number of seconds"),
         ("PIX2PIX_STEPS", "500", "PIX2PIX_STEPS (500) must not exceed PIX2PIX_MAX_STEPS (100)"),
+        ("PIX2PIX_MAX_BATCH", "0", "PIX2PIX_MAX_BATCH must be at least 1, got 0"),
     ],
 )
 def test_bad_limit_variables_are_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, words: str) -> None:
@@ -362,6 +363,37 @@ def test_queued_requests_with_the_same_settings_share_one_batch(pipe: Any, visio
     assert [p.attributes["vision.batch.size"] for p in pipelines] == [1, 2, 1]
     assert pipelines[1].parent.span_id == pair.context.span_id
     assert len(members) == 4 and len(vision_telemetry.spans("queue")) == 4
+
+
+def test_max_batch_1_runs_each_job_alone(
+    pipe: Any, vision_telemetry: CapturedTelemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PIX2PIX_MAX_BATCH=1``: queued jobs with the same settings still run one pipeline call each, each in a batch
+    of one linked to its request."""
+    monkeypatch.setenv("PIX2PIX_MAX_BATCH", "1")
+    gated = Gated(pipe)
+    app = service.create_app(gated, steps=1)
+    statuses: list[int] = []
+    with _client(app) as client:
+
+        def post() -> None:
+            statuses.append(client.post("/edit", files=_upload(), data={"instruction": "add a hat"}).status_code)
+
+        threads = [threading.Thread(target=post)]
+        threads[0].start()
+        try:
+            assert gated.entered[0].wait(timeout=30)
+            for queued in (1, 2):
+                threads.append(threading.Thread(target=post))
+                threads[-1].start()
+                _wait_until(lambda n=queued: app.state.worker.jobs.qsize() == n, "queued")
+        finally:
+            gated.open_all()
+            for thread in threads:
+                thread.join(timeout=120)
+    assert statuses == [200, 200, 200] and gated.sizes == [1, 1, 1]
+    batches, members = _batches(vision_telemetry)
+    assert [len(b.links) for b in batches] == [1, 1, 1] and len(members) == 3
 
 
 @contextmanager
