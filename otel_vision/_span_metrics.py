@@ -12,8 +12,6 @@ on the spot, so every request is counted whatever the sampling.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from typing import Final
 
 from opentelemetry import trace
@@ -22,7 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan
 
 from otel_vision import _runtime
-from otel_vision._errors import report_internal_error
+from otel_vision._finished import Drainer
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
     ERROR_TYPE,
@@ -44,12 +42,9 @@ class SpanMetricsProcessor(SpanProcessor):
     def __init__(self, instruments: Instruments | None = None) -> None:
         self.instruments = instruments
         """Set once the pipeline's meter exists (before any span of ours can end)."""
-        self._spans: deque[ReadableSpan] = deque()
-        self._wake = threading.Event()
-        self._drain_lock = threading.Lock()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="otel-vision-span-metrics", daemon=True)
-        self._thread.start()
+        self._spans: Drainer[ReadableSpan] = Drainer(
+            self._record, "duration metrics from spans", "otel-vision-span-metrics", _INTERVAL_S
+        )
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
@@ -57,19 +52,11 @@ class SpanMetricsProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         scope = span.instrumentation_scope
         if scope is not None and scope.name == _runtime.SCOPE:
-            self._spans.append(span)
+            self._spans.items.append(span)
 
     def drain(self) -> None:
         """Record every span received so far (the recorder thread does this every 0.2 s)."""
-        with self._drain_lock:
-            spans = self._spans
-            while spans:
-                try:
-                    self._record(spans.popleft())
-                except IndexError:
-                    return
-                except Exception:
-                    report_internal_error("duration metrics from spans")
+        self._spans.drain()
 
     def _record(self, span: ReadableSpan) -> None:
         attributes = span.attributes or {}
@@ -106,16 +93,9 @@ class SpanMetricsProcessor(SpanProcessor):
         )
         instruments.stage_duration.record(seconds, attrs, context=context)
 
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait(_INTERVAL_S)
-            self.drain()
-
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self.drain()
         return True
 
     def shutdown(self) -> None:
-        self.drain()
-        self._stopped = True
-        self._wake.set()
+        self._spans.stop()

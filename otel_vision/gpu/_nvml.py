@@ -24,8 +24,8 @@ _LINUX_LIBRARY = "libnvidia-ml.so.1"
 def _require_driver_library() -> None:
     """On Linux, fail fast when the driver's NVML library is absent (a machine without an NVIDIA driver): a failed
     ``dlopen`` costs microseconds, importing the bindings first about 30 ms of ``configure()``."""
-    if not sys.platform.startswith("linux"):
-        return
+    if not sys.platform.startswith("linux") or "pynvml" in sys.modules:
+        return  # elsewhere, or the bindings are loaded already (nothing to save)
     try:
         ctypes.CDLL(_LINUX_LIBRARY)
     except OSError:

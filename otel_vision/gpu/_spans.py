@@ -24,6 +24,7 @@ from opentelemetry.trace import Span as ApiSpan
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision._errors import report_internal_error
+from otel_vision._finished import amended
 from otel_vision._metrics import CardinalityGuard
 from otel_vision.attributes import (
     ERROR_TYPE,
@@ -398,7 +399,7 @@ class GpuSpanProcessor(SpanProcessor):
             if window.energy_joules is not None:
                 extra[GPU_ENERGY] = window.energy_joules
                 self._record_request_energy(span, window.energy_joules)
-        return _with_attributes(span, extra) if extra else span
+        return amended(span, attributes=extra) if extra else span
 
     def _record_request_energy(self, span: ReadableSpan, joules: float) -> None:
         """``vision.request.energy`` for request spans (those carrying ``vision.operation``)."""
@@ -414,21 +415,3 @@ class GpuSpanProcessor(SpanProcessor):
         if model is not None:
             labels[VISION_MODEL_NAME] = guard(VISION_MODEL_NAME, model)
         self._request_energy.record(joules, labels)
-
-
-def _with_attributes(span: ReadableSpan, extra: dict[str, AttributeValue]) -> ReadableSpan:
-    """A copy of a finished span with attributes added (finished spans are immutable)."""
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes={**(span.attributes or {}), **extra},
-        events=span.events,
-        links=span.links,
-        kind=span.kind,
-        status=span.status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )

@@ -1,0 +1,75 @@
+"""Small tools for finished spans in the export path: an amended copy, and a background drainer."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Link
+from opentelemetry.util.types import AttributeValue
+
+from otel_vision._errors import report_internal_error
+
+Item = TypeVar("Item")
+
+
+def amended(
+    span: ReadableSpan, *, attributes: Mapping[str, AttributeValue] | None = None, links: Sequence[Link] = ()
+) -> ReadableSpan:
+    """A copy of a finished span with attributes and links added (finished spans are immutable)."""
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes={**(span.attributes or {}), **attributes} if attributes else span.attributes,
+        events=span.events,
+        links=(*span.links, *links) if links else span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class Drainer(Generic[Item]):
+    """Items appended on any thread (a deque append, nothing more) and handled by one background thread every
+    ``interval`` seconds, or at once by `drain` (before a flush)."""
+
+    def __init__(self, handle: Callable[[Item], None], what: str, name: str, interval: float = 0.2) -> None:
+        self.items: deque[Item] = deque()
+        self._handle = handle
+        self._what = what
+        self._interval = interval
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def drain(self) -> None:
+        with self._lock:
+            items = self.items
+            while items:
+                try:
+                    item = items.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._handle(item)
+                except Exception:
+                    report_internal_error(self._what)
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._interval)
+            self.drain()
+
+    def stop(self) -> None:
+        self.drain()
+        self._stopped = True
+        self._wake.set()
