@@ -35,6 +35,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_vision import attributes as a
+
 logger = logging.getLogger("otel_vision")
 
 Item = TypeVar("Item")
@@ -198,11 +200,11 @@ class SignalStats:
         return sum(self.failed.values()) + sum(self.dropped.values())
 
 
-_PROCESSOR_METRIC: Final = {TRACES: "otel.sdk.processor.span.processed", LOGS: "otel.sdk.processor.log.processed"}
+_PROCESSOR_METRIC: Final = {TRACES: a.METRIC_SDK_SPANS_PROCESSED, LOGS: a.METRIC_SDK_LOGS_PROCESSED}
 _EXPORTER_METRIC: Final = {
-    TRACES: "otel.sdk.exporter.span.exported",
-    METRICS: "otel.sdk.exporter.metric_data_point.exported",
-    LOGS: "otel.sdk.exporter.log.exported",
+    TRACES: a.METRIC_SDK_SPANS_EXPORTED,
+    METRICS: a.METRIC_SDK_POINTS_EXPORTED,
+    LOGS: a.METRIC_SDK_LOGS_EXPORTED,
 }
 _UNITS: Final = {TRACES: "{span}", METRICS: "{data_point}", LOGS: "{log_record}"}
 _PROCESSOR_TYPE: Final = {TRACES: "batching_span_processor", LOGS: "batching_log_processor"}
