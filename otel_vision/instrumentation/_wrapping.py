@@ -34,6 +34,8 @@ class Patches:
     def __init__(self) -> None:
         self._installed: dict[tuple[Any, str], Any] = {}
         self._lock = threading.Lock()
+        self.generation = 0
+        """Incremented by `remove_all`: a cache of what was wrapped is valid while this is unchanged."""
 
     def __contains__(self, key: tuple[Any, str]) -> bool:
         return key in self._installed
@@ -53,6 +55,7 @@ class Patches:
     def remove_all(self) -> None:
         """Restore every method whose outermost wrapper is ours; leave ours, inert, under a foreign wrapper."""
         with self._lock:
+            self.generation += 1
             self._remove_all()
 
     def _remove_all(self) -> None:

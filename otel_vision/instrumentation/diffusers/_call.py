@@ -63,12 +63,10 @@ class Call:
         self.timesteps: Any = None
         """Pinned host buffer receiving each step's timestep asynchronously (CUDA), else ``None``."""
         self.output_hw: tuple[int, int] | None = None
-        attrs = {a.VISION_MODEL_NAME: model_name}
-        self.stages = {
-            name: stage(name, attrs)
-            for name in ("encode_prompt", "preprocess", "prepare_latents", "denoise", "denoise_step", "vae_decode")
-        }
-        self.postprocess_stage = stage("postprocess", attrs)
+        self.denoise_context: context.Context | None = None
+        """The context with the open ``denoise`` span as parent, made once per call for its step spans."""
+        self.stages, self.postprocess_stage = _stages_for(model_name)
+        self.step_stage = self.stages["denoise_step"]
 
     def root_context(self) -> context.Context:
         return trace.set_span_in_context(self.root) if self.root is not None else context.get_current()
@@ -81,6 +79,7 @@ class Call:
         self.end_phase()
         if name == "denoise":
             self.denoise = self.stages["denoise"]._start(self.root_context())
+            self.denoise_context = trace.set_span_in_context(self.denoise.span)
             self.phase, self.phase_stage = self.denoise, self.stages["denoise"]
             self._read_applied_values()
             return
@@ -95,7 +94,7 @@ class Call:
             self.phase, self.phase_stage = None, None
             if owner.name == "denoise":
                 active.span.set_attribute(a.DIFFUSION_NUM_INFERENCE_STEPS, self._applied_steps())
-                self.denoise = None
+                self.denoise = self.denoise_context = None
             owner._finish(active, exc)
 
     # --- steps ------------------------------------------------------------------------------------------------
@@ -103,8 +102,8 @@ class Call:
         """A denoiser forward: opens denoise (first time) and a step (when none is open)."""
         if self.denoise is None:
             self.enter("denoise")
-        if self.step is None and self.denoise is not None and self.step_spans:
-            self.step = self.stages["denoise_step"]._start(trace.set_span_in_context(self.denoise.span))
+        if self.step is None and self.step_spans and self.denoise_context is not None:
+            self.step = self.step_stage._start(self.denoise_context)
 
     def end_step(self, exc: BaseException | None = None, index: int | None = None, timestep: Any = None) -> None:
         """Close the open step (``callback_on_step_end`` passes its index and timestep)."""
@@ -114,11 +113,16 @@ class Call:
                 self._step_event(index, timestep)
             return
         self.step = None
-        if index is not None:
-            active.span.set_attribute(a.DIFFUSION_STEP_INDEX, index)
-            self._timestep_attribute(active, index, timestep)
         self.steps += 1
-        self.stages["denoise_step"]._finish(active, exc)
+        try:
+            if index is not None:
+                attrs: dict[str, Any] = {a.DIFFUSION_STEP_INDEX: index}
+                value = self._timestep_value(active, index, timestep)
+                if value is not None:
+                    attrs[a.DIFFUSION_STEP_TIMESTEP] = value
+                active.span.set_attributes(attrs)  # one call (one lock) for both
+        finally:  # the step span ends even when reading the timestep fails
+            self.step_stage._finish(active, exc)
 
     def _step_event(self, index: int, timestep: Any) -> None:
         """A ``denoise_step`` event on the ``denoise`` span (``denoise_steps="events"``): the step's index, and its
@@ -131,16 +135,15 @@ class Call:
         self.denoise.span.add_event("denoise_step", attrs)
         self.steps += 1
 
-    def _timestep_attribute(self, active: _Active, index: int, timestep: Any) -> None:
-        """Record the timestep without synchronizing: read it now on CPU; on CUDA copy it to pinned memory
-        asynchronously and read it in the export path once the step's end event has completed."""
+    def _timestep_value(self, active: _Active, index: int, timestep: Any) -> float | None:
+        """The timestep without synchronizing: read now on CPU (returned); on CUDA copied to pinned memory
+        asynchronously and read in the export path once the step's end event has completed (``None`` here)."""
         device = getattr(timestep, "device", None)
         if device is None or getattr(device, "type", "cpu") == "cpu":
-            active.span.set_attribute(a.DIFFUSION_STEP_TIMESTEP, float(timestep))
-            return
+            return float(timestep)
         probe = _runtime.current().gpu
         if probe is None or active.gpu is None:
-            return  # no event to tell when the copy has landed: leave the attribute out rather than synchronize
+            return None  # no event to tell when the copy has landed: leave the attribute out rather than synchronize
         import torch
 
         buffer = self.timesteps
@@ -149,6 +152,7 @@ class Call:
             self.timesteps = buffer
         buffer[index].copy_(timestep.float(), non_blocking=True)
         probe.defer(active.span, lambda: {a.DIFFUSION_STEP_TIMESTEP: float(buffer[index])})
+        return None
 
     # --- values as applied ----------------------------------------------------------------------------------------
     def _read_applied_values(self) -> None:
@@ -211,6 +215,24 @@ class PipelineRequest(request):
         except Exception:
             report_internal_error("diffusers root span")
         super()._finish(active, exc, items, abandoned)
+
+
+_PHASES = ("encode_prompt", "preprocess", "prepare_latents", "denoise", "denoise_step", "vae_decode")
+_STAGES: dict[str, tuple[dict[str, stage], stage]] = {}
+"""The phase stages by model name, made once: a stage holds only its name and attributes (what is running is in
+each call's `_Active` objects), so concurrent calls of one pipeline class share them."""
+_MAX_STAGE_SETS = 256
+
+
+def _stages_for(model_name: str) -> tuple[dict[str, stage], stage]:
+    stages = _STAGES.get(model_name)
+    if stages is None:
+        attrs = {a.VISION_MODEL_NAME: model_name}
+        stages = ({name: stage(name, attrs) for name in _PHASES}, stage("postprocess", attrs))
+        if len(_STAGES) >= _MAX_STAGE_SETS:
+            _STAGES.clear()
+        _STAGES[model_name] = stages
+    return stages
 
 
 def _has_text_encoder(pipe: Any) -> bool:

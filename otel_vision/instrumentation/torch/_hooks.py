@@ -43,6 +43,28 @@ _HOOK_DICTS = (
 )
 
 
+MAX_SIGNATURES = 64
+"""Input signatures (shapes, dtypes, device) a model-level hook keeps a ready stage for; more, and it starts over."""
+
+
+def _signature(args: Any, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """What `_summary` depends on, cheap to build and compare: the first tensor's device, then each summarized
+    tensor's shape and dtype (no strings are formatted)."""
+    key: list[Any] = []
+    for value in (*args, *kwargs.values()) if kwargs else args:
+        shape = getattr(value, "shape", None)
+        dtype = getattr(value, "dtype", None)
+        if shape is None or dtype is None:
+            continue
+        if not key:
+            key.append(getattr(value, "device", "unknown"))
+        key.append(shape)
+        key.append(dtype)
+        if len(key) == 2 * MAX_INPUTS + 1:
+            break
+    return tuple(key)
+
+
 def _summary(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     shapes: list[str] = []
     attrs: dict[str, Any] = {}
@@ -59,14 +81,19 @@ def _summary(args: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if len(shapes) == MAX_INPUTS:
             break
     if shapes:
-        attrs[a.VISION_INPUT_SHAPES] = shapes
+        attrs[a.VISION_INPUT_SHAPES] = tuple(shapes)
     return attrs
 
 
 class PreHook:
-    """Starts the module's span (a forward pre-hook registered ``with_kwargs=True``)."""
+    """Starts the module's span (a forward pre-hook registered ``with_kwargs=True``).
 
-    __slots__ = ("_stage", "attributes", "model_level", "name", "nested")
+    A model-level hook keeps one stage per input signature (`_signature`) whose attributes already hold the input
+    summary, so the span gets every attribute when it starts: no strings are formatted and no attributes are set
+    after the start on the common path of a few input shapes.
+    """
+
+    __slots__ = ("_signatures", "_stage", "attributes", "model_level", "name", "nested")
 
     def __init__(self, name: str, attributes: dict[str, Any], model_level: bool, nested: bool) -> None:
         self.name = name
@@ -74,9 +101,30 @@ class PreHook:
         self.model_level = model_level
         self.nested = nested
         self._stage: stage | None = None
+        self._signatures: dict[tuple[Any, ...], stage] = {}
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (PreHook, (self.name, self.attributes, self.model_level, self.nested))
+
+    def _owner(self, args: Any, kwargs: dict[str, Any]) -> stage:
+        """The stage to start for this call."""
+        if not self.model_level:
+            owner = self._stage
+            if owner is None:
+                owner = self._stage = stage(self.name, self.attributes)
+            return owner
+        key = _signature(args, kwargs)
+        signatures = self._signatures
+        try:
+            owner = signatures.get(key)
+        except TypeError:  # an unhashable shape or dtype: summarize without a cache
+            return stage(self.name, {**self.attributes, **_summary(args, kwargs)})
+        if owner is None:
+            owner = stage(self.name, {**self.attributes, **_summary(args, kwargs)})
+            if len(signatures) >= MAX_SIGNATURES:
+                signatures.clear()
+            signatures[key] = owner
+        return owner
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
     def __call__(self, module: Any, args: Any, kwargs: Any) -> None:
@@ -84,19 +132,15 @@ class PreHook:
             return
         module_id = id(module)
         stack = _STACK.get()
-        skip = any(entry[0] == module_id for entry in stack) or (
-            self.model_level and not self.nested and any(entry[1] for entry in stack)
-        )
-        if skip:  # recursion, or a model called inside another instrumented model: no duplicate span
+        if stack and (
+            any(entry[0] == module_id for entry in stack)
+            or (self.model_level and not self.nested and any(entry[1] for entry in stack))
+        ):  # recursion, or a model called inside another instrumented model: no duplicate span
             _STACK.set((*stack, (module_id, self.model_level, None, None, None)))
             return
         try:
-            owner = self._stage
-            if owner is None:
-                owner = self._stage = stage(self.name, self.attributes)
+            owner = self._owner(args, kwargs)
             active = owner._start(None)
-            if self.model_level:
-                active.span.set_attributes(_summary(args, kwargs))
             token = context.attach(trace.set_span_in_context(active.span))
         except Exception:
             report_internal_error("module forward pre-hook")
@@ -108,11 +152,16 @@ class PreHook:
 @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
 def post_hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
     """Ends the span `PreHook` started (a forward hook registered ``with_kwargs=True, always_call=True``)."""
-    module_id = id(module)
     stack = _STACK.get()
-    index = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == module_id), None)
-    if index is None:
+    if not stack:
         return
+    module_id = id(module)
+    index = len(stack) - 1
+    if stack[index][0] != module_id:  # the innermost entry is ours on every path but an exception's unwinding
+        found = next((i for i in range(index - 1, -1, -1) if stack[i][0] == module_id), None)
+        if found is None:
+            return
+        index = found
     _, _, active, token, owner = stack[index]
     _STACK.set(stack[:index])
     if active is None or owner is None:

@@ -58,9 +58,9 @@ class Call:
         self.root: Span | None = None
         self.batch: _Active | None = None
         self.track: _Active | None = None
-        self.batch_stage = stage("batch", {a.VISION_MODEL_NAME: name})
-        self.track_stage = stage("track", {a.VISION_MODEL_NAME: name})
-        self.stages = {m: stage(m, {a.VISION_MODEL_NAME: name}) for m in (*PREDICTOR_METHODS, "load", "warmup")}
+        self.stages = _stages_for(name)
+        self.batch_stage = self.stages["batch"]
+        self.track_stage = self.stages["track"]
         self.images = 0
         self.batches = 0
         self.stage_window: dict[str, tuple[int, int]] = {}
@@ -69,6 +69,18 @@ class Call:
         """The predictor or validator of this call (set by its start callback)."""
         self.method: str | None = None
         """The engine method running as a stage now (nested calls of engine methods are part of it)."""
+
+    def metric_attributes(self) -> dict[str, Any]:
+        """The metric attributes of this call's model (``vision.model.name``, capped), computed once per model."""
+        instruments = _runtime.current().instruments
+        cached = _METRIC_ATTRS.get(self.model_name)
+        if cached is not None and cached[0] is instruments:
+            return cached[1]
+        attrs = instruments.metric_attributes({a.VISION_MODEL_NAME: self.model_name})
+        if len(_METRIC_ATTRS) >= _MAX_MODELS:
+            _METRIC_ATTRS.clear()
+        _METRIC_ATTRS[self.model_name] = (instruments, attrs)
+        return attrs
 
     def parent(self) -> context.Context:
         """The context for a stage span: the open track span (the tracker may re-run postprocess), else the open
@@ -86,6 +98,27 @@ class Call:
             setattr(self, name, None)
             owner = self.track_stage if name == "track" else self.batch_stage
             owner._finish(active, exc)
+
+
+_STAGE_NAMES = ("batch", "track", *PREDICTOR_METHODS, "load", "warmup")
+_MAX_MODELS = 256
+_STAGES: dict[str, dict[str, stage]] = {}
+"""The stages of a model name, made once: a stage holds only its name and attributes (what is running is in each
+call's `_Active` objects), so concurrent calls share them."""
+_METRIC_ATTRS: dict[str, tuple[Any, dict[str, Any]]] = {}
+"""Metric attributes by model name, for the instruments they were computed with (the cardinality cap is stable:
+a value once admitted, or once replaced by ``other``, stays so)."""
+
+
+def _stages_for(name: str) -> dict[str, stage]:
+    stages = _STAGES.get(name)
+    if stages is None:
+        attrs = {a.VISION_MODEL_NAME: name}
+        stages = {stage_name: stage(stage_name, attrs) for stage_name in _STAGE_NAMES}
+        if len(_STAGES) >= _MAX_MODELS:
+            _STAGES.clear()
+        _STAGES[name] = stages
+    return stages
 
 
 class PredictRequest(request):
@@ -157,12 +190,23 @@ class Callback:
 
 # --- predictor methods ------------------------------------------------------------------------------------------
 def wrap_engine_class(cls: type, methods: tuple[str, ...], wrapper: Callable[..., Any], patches: Patches) -> None:
-    """Wrap each of ``methods`` once, on the class in ``cls``'s MRO that defines it."""
+    """Wrap each of ``methods`` once, on the class in ``cls``'s MRO that defines it (the MRO is walked once per class
+    until ``patches`` is emptied)."""
+    key = (cls, methods, wrapper, patches)
+    if _WRAPPED.get(key) == patches.generation:
+        return
     for method in methods:
         owner = next((k for k in cls.__mro__ if method in k.__dict__), None)
         if owner is None or owner is object or (owner, method) in patches:
             continue
         patches.wrap(owner, method, functools.partial(wrapper, method))
+    if len(_WRAPPED) >= _MAX_MODELS:
+        _WRAPPED.clear()
+    _WRAPPED[key] = patches.generation
+
+
+_WRAPPED: dict[tuple[type, tuple[str, ...], Callable[..., Any], Patches], int] = {}
+"""Engine classes whose methods `wrap_engine_class` handled, with the `Patches.generation` it did so in."""
 
 
 def traced_predictor_method(method: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
@@ -309,7 +353,7 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
             span.set_attribute(SUMMARY_SKIPPED, True)
         return
     instruments = _runtime.current().instruments
-    metric_attrs = instruments.metric_attributes({a.VISION_MODEL_NAME: call.model_name})
+    metric_attrs = call.metric_attributes()
     total = 0
     counted = False
     device_classes: list[Any] = []

@@ -100,7 +100,7 @@ def on_val_batch_end(validator: Any) -> None:
         if isinstance(size, int):
             call.images += size
             instruments = _runtime.current().instruments
-            instruments.images.add(size, instruments.metric_attributes({a.VISION_MODEL_NAME: call.model_name}))
+            instruments.images.add(size, call.metric_attributes())
     finally:  # the batch span ends even when the bookkeeping fails
         call.batch_stage._finish(active, None)
 
