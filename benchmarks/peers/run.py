@@ -201,8 +201,11 @@ def run_otel_vision(args: argparse.Namespace) -> dict[str, object]:
         return {"error": f"bench_stage.py did not run ({why}): {last_lines(outcome.output)}"}
     from importlib import metadata
 
-    header = outcome.output.strip().splitlines()[0]
+    lines = outcome.output.strip().splitlines()
+    header = next((line for line in lines if "configuration:" in line), lines[0])
     configuration = re.search(r"configuration: (.*?\)),", header)
+    # Anything otel_vision itself printed (e.g. spans it could not deliver) goes under the table too.
+    said = [line for line in lines if line.startswith("otel_vision")]
     return {
         "rows": rows,
         "versions": {
@@ -210,7 +213,7 @@ def run_otel_vision(args: argparse.Namespace) -> dict[str, object]:
             "opentelemetry-sdk": metadata.version("opentelemetry-sdk"),
         },
         "export": configuration.group(1) if configuration else "see bench_stage.py",
-        "note": f"bench_stage.py: {header}",
+        "note": f"bench_stage.py: {header}" + "".join(f"; it printed: {line}" for line in said),
     }
 
 
