@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, StatusCode, TraceFlags
 
 from otel_vision._errors import report_internal_error
+from otel_vision._finished import Drainer, amended
 from otel_vision.attributes import (
     CUDA_OOM,
     ERROR_TYPE,
@@ -48,7 +49,6 @@ from otel_vision.attributes import (
 BATCH: Final = "batch"
 MEMBER: Final = "member"
 _MAX_EXPECTED: Final = 10_000
-_DRAIN_INTERVAL_S: Final = 0.2
 
 _expected: dict[int, Sequence[SpanContext]] = {}
 """Batch span id -> the span contexts of its requests, registered by `batch()` and taken by `BatchFanOut`."""
@@ -93,72 +93,38 @@ class BatchFanOut(_Forwarding):
 
     def __init__(self, downstream: Sequence[SpanProcessor]) -> None:
         super().__init__(downstream)
-        self._batches: deque[tuple[ReadableSpan, Sequence[SpanContext]]] = deque()
-        self._wake = threading.Event()
-        self._drain_lock = threading.Lock()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="otel-vision-batch-members", daemon=True)
-        self._thread.start()
+        self._batches: Drainer[tuple[ReadableSpan, Sequence[SpanContext]]] = Drainer(
+            self._fan_out, "batch member spans", "otel-vision-batch-members"
+        )
 
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
         requests = _expected.pop(context.span_id, None) if context is not None and _expected else None
-        if requests is None:
-            self._forward(span)
+        if requests is not None:
+            self._batches.items.append((span, requests))  # taken every 0.2 s: no wake-up per batch
             return
-        self._batches.append((span, requests))  # the thread takes them every 0.2 s: no wake-up per batch
+        if self._batches.items and context is not None and (span.parent is None or span.parent.is_remote):
+            # A request's root ending while a batch that served it waits: its member span goes first, so the
+            # request's trace is complete when its root arrives (waterfall exporter, tail sampling).
+            trace_id = context.trace_id
+            if any(r.trace_id == trace_id for _, pending in list(self._batches.items) for r in pending):
+                self._batches.drain()
+        self._forward(span)
 
-    def drain(self) -> None:
-        with self._drain_lock:
-            while self._batches:
-                try:
-                    span, requests = self._batches.popleft()
-                except IndexError:
-                    return
-                try:
-                    linked = _with_links(span, requests)
-                except Exception:
-                    report_internal_error("batch links")
-                    linked = span
-                self._forward(linked)
-                try:
-                    for member in members(linked):
-                        self._forward(member)
-                except Exception:
-                    report_internal_error("batch member spans")
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait(_DRAIN_INTERVAL_S)
-            self.drain()
+    def _fan_out(self, item: tuple[ReadableSpan, Sequence[SpanContext]]) -> None:
+        span, requests = item
+        linked = amended(span, links=[Link(request) for request in requests])
+        self._forward(linked)
+        for member in members(linked):
+            self._forward(member)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self.drain()
+        self._batches.drain()
         return super().force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        self.drain()
-        self._stopped = True
-        self._wake.set()
+        self._batches.stop()
         super().shutdown()
-
-
-def _with_links(span: ReadableSpan, requests: Sequence[SpanContext]) -> ReadableSpan:
-    """A copy of a finished batch span with a link to each request (finished spans are immutable)."""
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes=span.attributes,
-        events=span.events,
-        links=(*span.links, *(Link(request) for request in requests)),
-        kind=span.kind,
-        status=span.status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )
 
 
 def members(span: ReadableSpan) -> list[ReadableSpan]:
