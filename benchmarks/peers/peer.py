@@ -281,10 +281,8 @@ def setup_prometheus(grpc_port: int, http_port: int) -> Setup:
 
 
 def setup_torch(grpc_port: int, http_port: int) -> Setup:
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    torch.set_num_threads(1)
     active: list[Any] = []
 
     def start() -> None:

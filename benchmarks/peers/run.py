@@ -166,7 +166,11 @@ def peer_env() -> dict[str, str]:
 
 
 def run_peer(name: str, python: Path, args: argparse.Namespace) -> dict[str, object]:
-    with Rotel() as collector:
+    try:
+        collector = Rotel().__enter__()
+    except (ImportError, OSError, RuntimeError) as e:
+        return {"error": f"no collector: rotel did not start ({e}); run this script in the project's venv"}
+    try:
         outcome = run_bounded(
             [
                 str(python), str(HERE / "peer.py"), "--peer", name, "--grpc-port", str(collector.grpc),
@@ -175,6 +179,8 @@ def run_peer(name: str, python: Path, args: argparse.Namespace) -> dict[str, obj
             args.run_timeout,
             env=peer_env(),
         )  # fmt: skip
+    finally:
+        collector.__exit__()
     for line in reversed(outcome.output.splitlines()):
         if line.startswith("PEER-RESULT "):
             result: dict[str, object] = json.loads(line.removeprefix("PEER-RESULT "))
