@@ -8,8 +8,8 @@ threads) taken after a flush, so the export threads' work on a variant's spans l
 
 The reference is a bare SDK span, `tracer.start_as_current_span(name, attributes=...)`, on a plain `TracerProvider`
 with a `BatchSpanProcessor` and an OTLP gRPC exporter to the same rotel: what the OpenTelemetry SDK costs with no
-library on top. Each peer is set up with its own init and its own default exporters for every signal it
-exports by default), pointed at the rotel; the figures include whatever that setup adds.
+library on top. Each peer is set up with its own init and its own default exporters for every signal it exports,
+pointed at the rotel; the figures include whatever that setup adds.
 
     python peer.py --peer logfire --grpc-port 4317 --http-port 4318 [--rounds 40] [--calls 2000]
 
