@@ -293,14 +293,6 @@ class Accounting:
 
 
 # --- sending ----------------------------------------------------------------------------------------------------
-class Lazy:
-    """An exporter built on its first export, on the export thread: its imports (gRPC, protobuf, requests: about
-    80 ms) stay out of ``configure()``."""
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self.build = build
-
-
 class Sender:
     """One signal's exporter behind our retry policy, health reporting and accounting."""
 
@@ -314,9 +306,7 @@ class Sender:
         count: Callable[[Any], int] = len,
     ) -> None:
         self.signal = signal
-        self._factory: Callable[[], Any] | None = exporter.build if isinstance(exporter, Lazy) else None
-        self._exporter: Any = None if isinstance(exporter, Lazy) else exporter
-        self._build_lock = threading.Lock()
+        self._exporter: Any = exporter
         self._accounting = accounting
         self._destination = destination
         self._count = count
@@ -326,26 +316,11 @@ class Sender:
         self._failing_since: float | None = None
         self._warned = False
         self._pid = os.getpid()
-        if self._exporter is not None:
-            _no_internal_retry(self._exporter)
+        _no_internal_retry(exporter)
         install_quiet_logging()
 
     @property
-    def built(self) -> bool:
-        return self._exporter is not None
-
-    @property
     def exporter(self) -> Any:
-        """The exporter, built now if it was deferred (raises what building raised)."""
-        if self._exporter is None:
-            with self._build_lock:
-                if self._exporter is None:
-                    assert self._factory is not None
-                    built = self._factory()
-                    _no_internal_retry(built)
-                    self._exporter = built
-                    if self._stop.is_set():
-                        built.shutdown()
         return self._exporter
 
     def send(self, batch: Any, deadline: float, **kwargs: Any) -> bool:
@@ -407,8 +382,6 @@ class Sender:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._exporter is None:
-            return
         try:
             with _Captured():
                 self._exporter.shutdown()
@@ -711,43 +684,6 @@ class LogQueueProcessor(LogRecordProcessor):
         self.queue.shutdown()
 
 
-def otlp_metric_preferences(environ: Mapping[str, str] | None = None) -> tuple[dict[type, Any], dict[type, Any]]:
-    """What an OTLP metric exporter prefers, from the standard variables, without importing it (it is built later).
-
-    ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``: ``cumulative`` (default), ``delta`` (counters and
-    histograms delta) or ``lowmemory`` (synchronous counters and histograms delta);
-    ``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION``: ``explicit_bucket_histogram`` (default) or
-    ``base2_exponential_bucket_histogram``.
-    """
-    from opentelemetry.sdk.metrics import (
-        Counter,
-        Histogram,
-        ObservableCounter,
-        ObservableGauge,
-        ObservableUpDownCounter,
-        UpDownCounter,
-    )
-    from opentelemetry.sdk.metrics.export import AggregationTemporality
-    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, ExponentialBucketHistogramAggregation
-
-    env = os.environ if environ is None else environ
-    cumulative, delta = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
-    preference = env.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative").strip().lower()
-    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
-    temporality: dict[type, Any] = dict.fromkeys(kinds, cumulative)
-    if preference == "delta":
-        temporality.update({Counter: delta, Histogram: delta, ObservableCounter: delta})
-    elif preference == "lowmemory":
-        temporality.update({Counter: delta, Histogram: delta})
-    histogram = env.get("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", "").strip().lower()
-    aggregation: dict[type, Any] = {
-        Histogram: ExponentialBucketHistogramAggregation()
-        if histogram == "base2_exponential_bucket_histogram"
-        else ExplicitBucketHistogramAggregation()
-    }
-    return temporality, aggregation
-
-
 def count_data_points(data: MetricsData) -> int:
     return sum(
         len(getattr(metric.data, "data_points", ()))
@@ -767,13 +703,11 @@ class BoundedMetricExporter(MetricExporter):
     """
 
     def __init__(self, sender: Sender, export_timeout: float) -> None:
-        if sender.built:
-            inner = sender.exporter
-            temporality = getattr(inner, "_preferred_temporality", None)
-            aggregation = getattr(inner, "_preferred_aggregation", None)
-        else:
-            temporality, aggregation = otlp_metric_preferences()
-        super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
+        inner = sender.exporter
+        super().__init__(
+            preferred_temporality=getattr(inner, "_preferred_temporality", None),
+            preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
+        )
         self._sender = sender
         self._export_timeout = export_timeout
         self._busy = threading.Lock()

@@ -288,17 +288,6 @@ def _span_exporter(settings: _config.Settings) -> SpanExporter | None:
     return HttpSpans(**_otlp_kwargs(settings, "traces"))
 
 
-def _deferred(settings: _config.Settings, kind: str, make: Any) -> Any:
-    """An OTLP exporter is built on the export thread at its first export (its imports cost about 80 ms, which stay
-    out of configure()); other exporters, and any exporter while an invalid variable must be kept out of the SDK's
-    sight, are built now."""
-    if kind == "none":
-        return None
-    if kind != "otlp" or settings.invalid_variables:
-        return make(settings)
-    return _export.Lazy(functools.partial(make, settings))
-
-
 def _prometheus_endpoint(settings: _config.Settings) -> tuple[MetricReader, Any]:
     """A Prometheus pull endpoint (``/metrics``), bound to loopback unless ``OTEL_EXPORTER_PROMETHEUS_HOST`` says
     otherwise; opt-in only (``OTEL_METRICS_EXPORTER=prometheus``)."""
@@ -420,7 +409,7 @@ def build(
 
         exports = _export_path(settings)
         processors = list(span_processors)
-        exporter = _deferred(settings, settings.traces_exporter, _span_exporter)
+        exporter = _span_exporter(settings)
         if exporter is not None:
             processors.append(exports.span_processor(exporter, _destination(settings, "traces")))
         limits = _export.span_limits()
@@ -447,7 +436,7 @@ def build(
                 tracer_provider.add_span_processor(processor)
 
         readers = list(metric_readers)
-        metric_exporter = _deferred(settings, settings.metrics_exporter, _metric_exporter)
+        metric_exporter = _metric_exporter(settings)
         if metric_exporter is not None:
             readers.append(
                 PeriodicExportingMetricReader(
@@ -472,7 +461,7 @@ def build(
         logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         for log_processor in log_processors:
             logger_provider.add_log_record_processor(log_processor)
-        log_exporter = _deferred(settings, settings.logs_exporter, _log_exporter)
+        log_exporter = _log_exporter(settings)
         if log_exporter is not None:
             logger_provider.add_log_record_processor(
                 exports.log_processor(log_exporter, _destination(settings, "logs"))
