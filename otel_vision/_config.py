@@ -594,7 +594,12 @@ def _tail_sampling(
             if 0.0 <= parsed <= 1.0:
                 ratio = parsed
             else:
-                problems.add(OTEL_VISION_TAIL_SAMPLING_RATIO, raw, "not a number between 0 and 1", "off")
+                default = (
+                    "0 (a latency threshold is set)"
+                    if latency is not None or _env(OTEL_VISION_TAIL_SAMPLING_LATENCY, environ)
+                    else "off"
+                )
+                problems.add(OTEL_VISION_TAIL_SAMPLING_RATIO, raw, "not a number between 0 and 1", default)
     table: dict[str, float] = {}
     if latency is not None:
         if isinstance(latency, Mapping):

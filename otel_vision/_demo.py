@@ -179,7 +179,7 @@ def _session(service_name: str, ui: DemoUI, run: _Run) -> Iterator[None]:
     try:
         yield
     finally:
-        handle.force_flush()
+        handle.force_flush(timeout_millis=2000)  # GPU enrichment for the waterfall; a dead collector must not stall
         spans = list(memory.get_finished_spans())
         ui.line()
         ui.line(render_waterfall(spans, width=ui.console.width, ascii=ui.ascii))

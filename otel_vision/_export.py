@@ -38,6 +38,10 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_vision import attributes as a
 
 logger = logging.getLogger("otel_vision")
+export_log = logging.getLogger("otel_vision.export")
+"""The export path's own lines: printed like any ``otel_vision`` warning, never exported as OTLP logs (a failing
+logs pipeline would otherwise count its own complaints as lost records)."""
+_SDK_RETRY_NOTE = re.compile(r",? ?retrying in [\d.]+s\.?", re.IGNORECASE)
 
 Item = TypeVar("Item")
 
@@ -65,11 +69,13 @@ RETRY_BACKOFF_S: Final = (0.25, 0.5, 1.0, 2.0)
 
 # --- redaction --------------------------------------------------------------------------------------------------
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+_BARE_USERINFO = re.compile(r"(?<![\w/@.:-])[^\s/@:'\"]+:[^\s/@'\"]*@(?=[\w.\[-])")
+"""``user:password@host`` without a scheme (gRPC targets in exporter messages)."""
 
 
 def redact(text: str) -> str:
-    """Remove the ``user:password@`` part of every URL in ``text``."""
-    return _USERINFO.sub(r"\g<scheme>", text)
+    """Remove the ``user:password@`` part of every URL and host in ``text``."""
+    return _BARE_USERINFO.sub("***@", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 # --- the quiet logging policy -----------------------------------------------------------------------------------
@@ -185,6 +191,14 @@ class _ReturnAtOnce(threading.Event):
 
 
 # --- accounting -------------------------------------------------------------------------------------------------
+def _reasons(stats: SignalStats) -> str:
+    """``"3 unavailable, 1808 shutdown"``: counts per reason, failed and dropped added up."""
+    merged = dict(stats.failed)
+    for why, count in stats.dropped.items():
+        merged[why] = merged.get(why, 0) + count
+    return ", ".join(f"{count} {why}" for why, count in sorted(merged.items()))
+
+
 @dataclass
 class SignalStats:
     """What happened to one signal's items in this process (also exported as metrics)."""
@@ -287,7 +301,7 @@ class Accounting:
         parts = []
         for signal, stats in self.snapshot().items():
             if stats.lost:
-                reasons = ", ".join(f"{n} {why}" for why, n in sorted({**stats.failed, **stats.dropped}.items()))
+                reasons = _reasons(stats)
                 parts.append(f"{stats.lost} {ITEM_NAMES[signal]} ({reasons}; {stats.delivered} delivered)")
         return "; ".join(parts) if parts else None
 
@@ -314,7 +328,6 @@ class Sender:
         self.written_off = False
         """Set when a shutdown gave up on the batch in flight and counted it already."""
         self._failing_since: float | None = None
-        self._warned = False
         self._pid = os.getpid()
         _no_internal_retry(exporter)
         install_quiet_logging()
@@ -330,6 +343,8 @@ class Sender:
             return True
         attempt = 0
         reason: str | None = None
+        cause: str | None = None
+        """The last failure's reason from before a shutdown interrupted the exporter (then its errors are ours)."""
         while True:
             with _Captured() as captured:
                 try:
@@ -338,6 +353,8 @@ class Sender:
                     ok = False
                     _capture.reason = redact(f"{type(exc).__name__}: {exc}")
                 reason = captured.reason
+            if not self._stop.is_set():
+                cause = reason
             if self.written_off:
                 return ok
             if ok:
@@ -349,27 +366,28 @@ class Sender:
             attempt += 1
             if self._stop.is_set() or time.monotonic() + wait >= deadline or self._stop.wait(wait):
                 if not self.written_off:
-                    # Given up because the pipeline shuts down (the exporter was interrupted): say so.
-                    error = "shutdown" if self._stop.is_set() else classify(reason)
+                    # Given up at shutdown: the collector's failure if there was one, else the shutdown itself.
+                    error = classify(cause) if cause is not None or not self._stop.is_set() else "shutdown"
                     self._accounting.failed(self.signal, count, error)
                 return False
 
     def _failing(self, reason: str | None) -> None:
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "otel_vision: cannot export %s to %s: %s. Retrying in the background; what cannot be delivered "
-                    "is counted (otel.sdk.* metrics) and summed up at shutdown.",
-                    self.signal,
-                    self._destination,
-                    (reason or "the exporter reported a failure").rstrip(". "),
-                )
+        # One warning per outage; none for what shutting down itself interrupts (a closed channel is not news).
+        if self._failing_since is not None or self._stop.is_set():
+            return
+        self._failing_since = time.monotonic()
+        text = _SDK_RETRY_NOTE.sub("", reason or "the exporter reported a failure").rstrip(". ")
+        export_log.warning(
+            "otel_vision: cannot export %s to %s: %s. Retrying in the background; what cannot be delivered is "
+            "counted (otel.sdk.* metrics) and summed up at shutdown.",
+            self.signal,
+            self._destination,
+            text,
+        )
 
     def _recovered(self) -> None:
         if self._failing_since is not None:
-            logger.warning(
+            export_log.warning(
                 "otel_vision: exporting %s to %s works again (after %.1f s)",
                 self.signal,
                 self._destination,
@@ -761,7 +779,9 @@ def _positive_int_env(name: str, default: int, environ: Mapping[str, str]) -> in
     except ValueError:
         value = 0
     if value <= 0:
-        logger.warning("otel_vision: %s=%r is not a positive integer; using %d", name, raw, default)
+        logger.warning(
+            "otel_vision: %s=%r is invalid (not a positive integer); using the default %d", name, raw, default
+        )
         return default
     return value
 
@@ -780,10 +800,11 @@ class QueueSettings:
         queue = _positive_int_env(f"{prefix}_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE, env)
         batch = _positive_int_env(f"{prefix}_MAX_EXPORT_BATCH_SIZE", DEFAULT_MAX_EXPORT_BATCH_SIZE, env)
         if batch > queue:
-            logger.warning(
-                "otel_vision: %s_MAX_EXPORT_BATCH_SIZE=%d is above %s_MAX_QUEUE_SIZE=%d; using %d",
-                prefix, batch, prefix, queue, queue,
-            )  # fmt: skip
+            if env.get(f"{prefix}_MAX_EXPORT_BATCH_SIZE", "").strip():
+                logger.warning(
+                    "otel_vision: %s_MAX_EXPORT_BATCH_SIZE=%d is above %s_MAX_QUEUE_SIZE=%d; using %d",
+                    prefix, batch, prefix, queue, queue,
+                )  # fmt: skip
             batch = queue
         delay = _positive_int_env(f"{prefix}_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS, env)
         timeout_ms = _positive_int_env(f"{prefix}_EXPORT_TIMEOUT", int(export_timeout * 1000), env)
@@ -880,7 +901,7 @@ def exit_timeout(environ: Mapping[str, str] | None = None) -> float:
         value = -1.0
     if not 0 <= value < float("inf"):
         logger.warning(
-            "otel_vision: %s=%r is not a number of seconds >= 0; using %s",
+            "otel_vision: %s=%r is invalid (not a number of seconds >= 0); using the default %s",
             OTEL_VISION_EXIT_TIMEOUT, raw, DEFAULT_EXIT_TIMEOUT_S,
         )  # fmt: skip
         return DEFAULT_EXIT_TIMEOUT_S
@@ -910,7 +931,7 @@ def describe(stats: Mapping[str, SignalStats], signals: Iterable[str]) -> list[s
             continue
         line = f"{signal}: {s.delivered} {ITEM_NAMES[signal]} delivered"
         if s.lost:
-            reasons = ", ".join(f"{n} {why}" for why, n in sorted({**s.failed, **s.dropped}.items()))
+            reasons = _reasons(s)
             line += f", {s.lost} lost ({reasons})"
         lines.append(line)
     return lines

@@ -29,10 +29,12 @@ _wrapped = False
 
 
 class _NotOurLogs(logging.Filter):
-    """Keep the SDK's own records (export failures, …) out of the log pipeline, which could otherwise feed itself."""
+    """Keep the SDK's own records and otel_vision's export-path lines out of the log pipeline, which could otherwise
+    feed itself (a failing logs export counting its own complaints as lost records)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("opentelemetry")
+        name = record.name
+        return not (name.startswith("opentelemetry") or name == "otel_vision.export")
 
 
 _SEVERITY: Final = ((50, 21, "FATAL"), (40, 17, "ERROR"), (30, 13, "WARN"), (20, 9, "INFO"), (10, 5, "DEBUG"))

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider
@@ -130,7 +130,7 @@ class Handle:
         self._exports.stop_now()
         lost = self._exports.accounting.summary()
         if lost:
-            logger.warning("otel_vision: shut down; not delivered: %s", lost)
+            _export.export_log.warning("otel_vision: shut down; not delivered: %s", lost)
         global _active
         with _lock:
             if _active is self and not self.standalone:
@@ -258,10 +258,20 @@ def _instance_id() -> str:
     return _instance[1]
 
 
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
+
+
 def _otlp_kwargs(settings: _config.Settings, signal: _config.Signal) -> dict[str, Any]:
     # Endpoint and timeout are validated by _config (an invalid variable falls back to its default) and passed
     # explicitly, so the exporter never parses the raw variables itself.
     endpoint = settings.endpoint_for(signal)
+    if settings.protocol == "grpc":
+        # gRPC has no URL user-info: a target "user:secret@host:port" never resolves (and would be printed).
+        endpoint = _without_userinfo(endpoint)
     kwargs: dict[str, Any] = {"endpoint": endpoint, "timeout": settings.timeout_for(signal)}
     if settings.headers is not None:
         kwargs["headers"] = dict(settings.headers)
@@ -390,7 +400,7 @@ def build(
     with _lock:
         if _active is not None and not standalone:
             logger.info("otel_vision: configure() called again; shutting the previous pipeline down first")
-            _active.shutdown()
+            _active.shutdown(_export.exit_timeout())  # bounded like an exit: never the network's pace
         if settings.disabled:
             logger.debug("otel_vision: OTEL_SDK_DISABLED is set; telemetry is off")
             return Handle(settings)

@@ -515,7 +515,7 @@ class batch(stage):
                 requests: Iterable[object] = extract(*args, **kwargs)
             except Exception:
                 report_internal_error(f"batch({name!r}) requests function")
-                requests = ()
+                requests = (None,)  # counted as one skipped entry
             return batch(name, requests, attributes, kind=kind)
 
         if inspect.iscoroutinefunction(fn):

@@ -288,17 +288,23 @@ class TailSampler(_Forwarding):
 
     def _reason(self, trace: _Trace) -> str | None:
         """Why the trace must be kept whatever the ratio: ``cuda_oom``, ``error``, ``slow``, ``throttled``."""
-        error = throttled = False
+        error = throttled = batch = False
         for span in trace.spans:
             attributes = span.attributes or {}
             if attributes.get(ERROR_TYPE) == CUDA_OOM:
                 return CUDA_OOM
+            if attributes.get(VISION_BATCH_ROLE) == BATCH:
+                batch = True
             if span.status is not None and span.status.status_code is StatusCode.ERROR:
                 error = True
             if attributes.get(GPU_THROTTLE_REASONS):
                 throttled = True
         if error:
             return "error"
+        if batch:
+            # Kept requests link to their batch span (the device's measurements live there): never leave that
+            # link dangling. Batches are few next to the requests they serve.
+            return BATCH
         root = trace.spans[-1]
         if root.start_time is not None and root.end_time is not None:
             operation = (root.attributes or {}).get(VISION_OPERATION, root.name)

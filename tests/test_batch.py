@@ -85,8 +85,9 @@ def test_invalid_entries_are_skipped_and_counted_never_raised(vision_telemetry: 
     assert batch_span.attributes["vision.batch.size"] == 2 and batch_span.attributes["vision.batch.skipped"] == 4
     assert len(members) == 2
     assert vision_telemetry.span("broken").attributes["vision.batch.size"] == 0
+    assert vision_telemetry.span("decorated").attributes["vision.batch.skipped"] == 1
     (point,) = vision_telemetry.points("vision.batch.skipped_requests")
-    assert point.value == 4 + 1
+    assert point.value == 4 + 1 + 1
 
 
 def test_decorator_with_a_requests_function_sync_and_async(vision_telemetry: CapturedTelemetry) -> None:

@@ -162,3 +162,24 @@ def test_bad_values_are_named(caplog: pytest.LogCaptureFixture) -> None:
         _config.resolve(tail_sampling_ratio=2, environ={})
     with pytest.raises(TypeError, match="tail_sampling_latency"):
         _config.resolve(tail_sampling_latency="fast", environ={})  # type: ignore[arg-type]
+
+
+def test_a_batch_trace_is_kept_so_kept_requests_never_link_to_nothing() -> None:
+    """Ratio 0: the failing requests' traces are kept, and so is the batch span their member spans link to."""
+    with capture_telemetry(tail_sampling_ratio=0.0) as captured:
+        contexts = []
+        for _ in range(2):
+            try:
+                with otel_vision.request("edit"):
+                    contexts.append(context.get_current())
+                    raise ValueError("bad")
+            except ValueError:
+                pass
+        with otel_vision.batch("unet", requests=contexts):
+            pass
+        spans = captured.spans("unet")
+        batch_ids = {s.context.span_id for s in spans if s.attributes["vision.batch.role"] == "batch"}
+        members = [s for s in spans if s.attributes["vision.batch.role"] == "member"]
+        assert len(members) == 2 and len(batch_ids) == 1
+        assert all(m.links[0].context.span_id in batch_ids for m in members)
+        assert _decisions(captured)[("keep", "batch")] == 1
