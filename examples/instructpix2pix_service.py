@@ -660,7 +660,7 @@ def main() -> None:
 
         pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
     else:
-        from otel_vision._tiny_pipelines import tiny_instruct_pix2pix
+        from otel_vision.testing import tiny_instruct_pix2pix
 
         pipe = tiny_instruct_pix2pix(device=args.device, dtype=dtype)
     otel_vision.instrument_diffusers(pipe)

@@ -39,7 +39,30 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otel_vision import _config, _runtime, _setup
 from otel_vision.gpu import DeviceInfo, DeviceReading, MemoryStats
 
-__all__ = ["CapturedTelemetry", "FakeCuda", "FakeGpu", "FakeNvml", "capture_telemetry"]
+__all__ = [
+    "CapturedTelemetry",
+    "FakeCuda",
+    "FakeGpu",
+    "FakeNvml",
+    "capture_telemetry",
+    "tiny_instruct_pix2pix",
+    "tiny_text_to_image",
+]
+
+
+def tiny_instruct_pix2pix(device: str = "cpu", dtype: Any = None) -> Any:
+    """A diffusers InstructPix2Pix pipeline with tiny random-weight components, built offline in a second: for tests,
+    demos and examples that must run without a model download (needs torch, diffusers and transformers)."""
+    from otel_vision._tiny_pipelines import tiny_instruct_pix2pix as build
+
+    return build(device=device, dtype=dtype)
+
+
+def tiny_text_to_image(device: str = "cpu", dtype: Any = None) -> Any:
+    """A Stable Diffusion text-to-image pipeline with the same tiny random components."""
+    from otel_vision._tiny_pipelines import tiny_text_to_image as build
+
+    return build(device=device, dtype=dtype)
 
 
 # --- a fake GPU -------------------------------------------------------------------------------------------------
