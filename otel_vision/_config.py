@@ -516,15 +516,27 @@ def resolve(
     endpoints, sources = _endpoints(endpoint, resolved_protocol, env, problems)
     sampler, sampler_arg = _sampler(env, problems)
     tail_ratio, tail_latency = _tail_sampling(tail_sampling_ratio, tail_sampling_latency, env, problems)
+    traces_exporter = _exporter(exporter, OTEL_TRACES_EXPORTER, env, _TRACE_EXPORTERS, problems)
+    metrics_exporter = _exporter(exporter, OTEL_METRICS_EXPORTER, env, _METRIC_EXPORTERS, problems)
+    logs_exporter = _exporter(exporter, OTEL_LOGS_EXPORTER, env, _EXPORTERS, problems)
+    if traces_exporter == "waterfall" and endpoint is None and not any(
+        _env(f"OTEL_EXPORTER_OTLP_{s}ENDPOINT", env) for s in ("", "METRICS_", "LOGS_")
+    ):
+        # OTEL_TRACES_EXPORTER=waterfall with no collector configured: a local view, not OTLP to localhost for the
+        # other two signals (which would only warn that nothing listens there), unless their variables say so.
+        if _env(OTEL_METRICS_EXPORTER, env) is None:
+            metrics_exporter = "none"
+        if _env(OTEL_LOGS_EXPORTER, env) is None:
+            logs_exporter = "none"
     settings = Settings(
         service_name=service_name,
         resource_attributes=attrs,
         protocol=resolved_protocol,
         endpoint=endpoint,
         headers=headers,
-        traces_exporter=_exporter(exporter, OTEL_TRACES_EXPORTER, env, _TRACE_EXPORTERS, problems),
-        metrics_exporter=_exporter(exporter, OTEL_METRICS_EXPORTER, env, _METRIC_EXPORTERS, problems),
-        logs_exporter=_exporter(exporter, OTEL_LOGS_EXPORTER, env, _EXPORTERS, problems),
+        traces_exporter=traces_exporter,
+        metrics_exporter=metrics_exporter,
+        logs_exporter=logs_exporter,
         prometheus_host=_env(OTEL_EXPORTER_PROMETHEUS_HOST, env) or "127.0.0.1",
         prometheus_port=port,
         sample_rate=float(sample_rate) if sample_rate is not None else None,

@@ -189,3 +189,14 @@ class TestBadArguments:
         with pytest.raises(TypeError) as caught:
             otel_vision.configure(exporter="none", gpu=False, **kwargs)
         assert str(caught.value).startswith(expected), str(caught.value)
+
+
+def test_waterfall_variable_alone_is_a_local_view() -> None:
+    """OTEL_TRACES_EXPORTER=waterfall without any endpoint: metrics and logs are not sent to localhost; with an
+    endpoint or their own variables they are."""
+    local = resolve(environ={"OTEL_TRACES_EXPORTER": "waterfall"})
+    assert (local.traces_exporter, local.metrics_exporter, local.logs_exporter) == ("waterfall", "none", "none")
+    remote = resolve(environ={"OTEL_TRACES_EXPORTER": "waterfall", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"})
+    assert (remote.metrics_exporter, remote.logs_exporter) == ("otlp", "otlp")
+    chosen = resolve(environ={"OTEL_TRACES_EXPORTER": "waterfall", "OTEL_LOGS_EXPORTER": "console"})
+    assert (chosen.metrics_exporter, chosen.logs_exporter) == ("none", "console")
