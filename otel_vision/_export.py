@@ -729,6 +729,7 @@ class BoundedMetricExporter(MetricExporter):
         self._sender = sender
         self._export_timeout = export_timeout
         self._busy = threading.Lock()
+        self._in_flight: tuple[threading.Thread, int] | None = None
         self._pid = os.getpid()
         self.exports_ok = 0
         self.exports_failed = 0
@@ -750,6 +751,7 @@ class BoundedMetricExporter(MetricExporter):
                 self._busy.release()
 
         thread = threading.Thread(target=run, name="otel-vision-export-metrics", daemon=True)
+        self._in_flight = (thread, count_data_points(metrics_data))
         thread.start()
         thread.join(wait)
         if outcome and outcome[0]:
@@ -767,6 +769,18 @@ class BoundedMetricExporter(MetricExporter):
 
     def abort(self) -> None:
         self._sender.abort()
+
+    def settle(self, timeout: float) -> None:
+        thread = self._in_flight[0] if self._in_flight is not None else None
+        if thread is not None:
+            thread.join(timeout)
+
+    def write_off_in_flight(self) -> None:
+        """After `abort` and `settle`: an export that still has not returned is counted as lost now."""
+        in_flight = self._in_flight
+        if in_flight is not None and in_flight[0].is_alive() and not self._sender.written_off:
+            self._sender.written_off = True
+            self._sender._accounting.failed(METRICS, in_flight[1], "shutdown")
 
 
 # --- configuration read from the standard variables -------------------------------------------------------------
@@ -878,10 +892,11 @@ class ExportPipeline:
         for exporter in self.metric_exporters:
             exporter.abort()
         settled = time.monotonic() + 0.1  # an interrupted export counts its batch itself: let it, before the summary
-        for queue in self.queues:
-            queue.settle(max(0.0, settled - time.monotonic()))
-        for queue in self.queues:
-            queue.write_off_in_flight()
+        stragglers: list[BatchQueue[Any] | BoundedMetricExporter] = [*self.queues, *self.metric_exporters]
+        for straggler in stragglers:
+            straggler.settle(max(0.0, settled - time.monotonic()))
+        for straggler in stragglers:
+            straggler.write_off_in_flight()
 
 
 OTEL_VISION_EXIT_TIMEOUT: Final = "OTEL_VISION_EXIT_TIMEOUT"
