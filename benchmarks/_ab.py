@@ -1,20 +1,33 @@
-"""Shared by the overhead benchmarks: a span exporter that drops everything, alternating A/B samples, the report.
+"""Shared by the overhead benchmarks: the default configuration, alternating samples, the reports.
 
-The A/B order alternates on every sample (not every block of samples), so slow drifts of a shared VM (other
-tenants, frequency changes) hit both variants alike. Each sample records wall time and this process's CPU time
-(all threads, including the exporter's): CPU time does not count time the hypervisor gave to someone else, so it is
-the steadier measure of the work we add.
+Default configuration means what `otel_vision.configure()` builds when a user sets nothing but the endpoint: OTLP
+over gRPC for traces, metrics and logs to a live collector (rotel on 127.0.0.1, started here and dropping what it
+gets), GPU telemetry on (on a machine without a GPU it finds none, as in production on CPU). ``--config
+null-exporter`` is a labelled variant (no OTLP exporters; spans through a BatchSpanProcessor to an exporter that drops
+them), for comparison with figures taken that way before.
+
+The order of the variants changes on every sample (not every block of samples), so slow drifts of a shared VM
+(other tenants, frequency changes) hit all variants alike. Each sample records wall time on the calling thread and
+this process's CPU time (all threads); after the wall clock stops, the export path is flushed inside the CPU
+measurement, so the export threads' work on the sample's spans counts in its CPU time. CPU time does not count time
+the hypervisor gave to someone else, so it is the steadier measure of the work we add.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+CONFIGS = ("default", "null-exporter")
 
 
 class NullExporter(SpanExporter):
@@ -24,39 +37,96 @@ class NullExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+@contextlib.contextmanager
+def configured(service_name: str, config: str = "default") -> Iterator[Any]:
+    """`otel_vision.configure()` in ``config`` (see the module docstring); yields the Handle, shuts down after."""
+    import otel_vision
+
+    collector = None
+    try:
+        if config == "default":
+            from bench_stage import start_rotel
+
+            collector, grpc, _ = start_rotel()
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{grpc}"
+            os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+            handle = otel_vision.configure(service_name=service_name)
+        else:
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            handle = otel_vision.configure(
+                service_name=service_name, exporter="none", logs=False,
+                additional_span_processors=[BatchSpanProcessor(NullExporter())],
+            )  # fmt: skip
+        yield handle
+        if config == "default":
+            lost = {signal: s.lost for signal, s in handle.delivery().items()}
+            print(f"\nlost on the way to the collector: {lost}")
+    finally:
+        otel_vision.shutdown()
+        if collector is not None:
+            collector.terminate()
+            collector.wait(10)
+
+
+def describe(config: str) -> str:
+    if config == "default":
+        return "default (OTLP/gRPC traces, metrics and logs to a live rotel on 127.0.0.1, GPU telemetry on)"
+    return "null-exporter (no OTLP exporters; BatchSpanProcessor to an exporter that drops spans)"
+
+
 @dataclass
 class Samples:
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Variant:
+    """What one variant runs per sample, with set-up and tear-down outside the timed part."""
+
+    run: Callable[[], None]
+    before: Callable[[], None] | None = None
+    after: Callable[[], None] | None = None
+
+
+def rounds(
+    variants: Mapping[str, Variant], samples: int, settle: Callable[[], None] | None = None, seed: int = 0
+) -> dict[str, Samples]:
+    """One sample of each variant per round, in a shuffled order; two rounds of warm-up first."""
+    results = {name: Samples() for name in variants}
+    order = list(variants)
+    shuffle = random.Random(seed).shuffle
+    for index in range(samples + 2):
+        shuffle(order)
+        for name in order:
+            variant = variants[name]
+            if variant.before is not None:
+                variant.before()
+            cpu, wall = time.process_time(), time.perf_counter()
+            variant.run()
+            wall = time.perf_counter() - wall
+            if settle is not None:
+                settle()
+            cpu = time.process_time() - cpu
+            if variant.after is not None:
+                variant.after()
+            if index >= 2:
+                results[name].wall.append(wall)
+                results[name].cpu.append(cpu)
+    return results
+
+
 def alternate(
-    run: Callable[[], None], instrument: Callable[[], None], uninstrument: Callable[[], None], samples: int
+    run: Callable[[], None],
+    instrument: Callable[[], None],
+    uninstrument: Callable[[], None],
+    samples: int,
+    settle: Callable[[], None] | None = None,
 ) -> tuple[Samples, Samples]:
     """Time ``run`` without and with instrumentation, alternating the order on every sample; warm both first."""
-    plain, traced = Samples(), Samples()
-
-    def once(into: Samples | None) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        if into is not None:
-            into.wall.append(time.perf_counter() - wall)
-            into.cpu.append(time.process_time() - cpu)
-
-    for _ in range(2):
-        instrument()
-        once(None)
-        uninstrument()
-        once(None)
-    for i in range(samples):
-        for variant in ("plain", "traced") if i % 2 == 0 else ("traced", "plain"):
-            if variant == "traced":
-                instrument()
-                once(traced)
-                uninstrument()
-            else:
-                once(plain)
-    return plain, traced
+    results = rounds({"plain": Variant(run), "traced": Variant(run, instrument, uninstrument)}, samples, settle)
+    return results["plain"], results["traced"]
 
 
 def _overhead(plain: list[float], traced: list[float]) -> str:
@@ -81,3 +151,37 @@ def report(title: str, unit: str, plain: Samples, traced: Samples, calls: int = 
     print("|---|---:|---:|---:|---:|")
     print(f"| wall | {_overhead(plain.wall, traced.wall)} |")
     print(f"| process CPU | {_overhead(plain.cpu, traced.cpu)} |")
+
+
+def report_added(
+    title: str, unit: str, results: Mapping[str, Samples], per: Mapping[str, int], bare_spans_per_unit: int
+) -> None:
+    """The isolated cost: (instrumented - plain) per ``unit``, next to a bare SDK span measured in the same rounds.
+
+    ``results`` holds ``plain``, ``traced`` and ``bare``; ``per`` how many units (or bare spans) one sample of each
+    ran. The bare SDK span is the reference that moves with the machine's load: "× bare" is the steadier figure.
+    """
+    print(title)
+    print(
+        f"| clock | added µs per {unit} (instrumented − plain, medians) | bare SDK span, µs | "
+        f"added per {unit} in bare spans | bare spans our {unit} makes |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for clock in ("wall", "cpu"):
+        median = {name: statistics.median(getattr(s, clock)) / per[name] * 1e6 for name, s in results.items()}
+        added, bare = median["traced"] - median["plain"], median["bare"]
+        label = "wall" if clock == "wall" else "process CPU"
+        print(f"| {label} | {added:.1f} | {bare:.1f} | {added / bare:.2f} | {bare_spans_per_unit} |")
+
+
+def bare_spans(handle: Any, name: str, attributes: Mapping[str, Any], count: int) -> Callable[[], None]:
+    """``count`` bare SDK spans (``start_as_current_span`` with ``attributes``) on the configured provider."""
+    tracer = handle.tracer_provider.get_tracer("bench")
+    attrs = dict(attributes)
+
+    def run() -> None:
+        for _ in range(count):
+            with tracer.start_as_current_span(name, attributes=attrs):
+                pass
+
+    return run

@@ -1,7 +1,15 @@
-"""Overhead of the diffusers instrumentation, and (on CUDA) per-step ``gpu.time`` against torch.profiler.
+"""Overhead of the diffusers instrumentation in the default configuration, and (on CUDA) per-step ``gpu.time``
+against torch.profiler.
 
-Overhead: samples of ``--calls`` pipeline calls without instrumentation and with it alternate one by one
-(``uninstrument()`` removes every hook and wrapper); the figures are medians, wall and process CPU time.
+Two measurements, both in the default configuration unless ``--config null-exporter`` (see ``_ab.py``):
+
+1. Per step, isolated: a pipeline whose steps do nothing but what a diffusers step does around its model (a
+   denoiser forward through torch's module call, then ``callback_on_step_end`` with the ``callback_kwargs`` dict
+   built from ``locals()``), ``--isolated-steps`` steps per call, instrumented versus not, next to bare SDK spans
+   with a step span's four attributes in the same rounds. The added time per step includes the per-call cost
+   (root span, hooks check) spread over the steps.
+2. The whole pipeline: samples of ``--calls`` calls of the tiny InstructPix2Pix (or ``--pipeline sd15`` on CUDA)
+   without instrumentation and with it alternate one by one (``uninstrument()`` removes every hook and wrapper).
 
     python benchmarks/bench_diffusers.py                                   # tiny InstructPix2Pix on CPU, 20 steps
     python benchmarks/bench_diffusers.py --pipeline sd15 --device cuda --dtype float16 --size 512 --steps 20
@@ -21,7 +29,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _ab import NullExporter, alternate, report
+from _ab import CONFIGS, Variant, bare_spans, configured, describe, report, report_added, rounds
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -40,15 +48,78 @@ def build(args: argparse.Namespace) -> Any:
     return tiny_instruct_pix2pix(device=args.device, dtype=dtype)
 
 
-def overhead(args: argparse.Namespace) -> None:
+def step_pipeline() -> Any:
+    """A diffusers pipeline whose steps are only what surrounds the model in a real one (see the docstring)."""
     import torch
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    class StepOnlyPipeline(DiffusionPipeline):  # type: ignore[misc]  # diffusers is untyped
+        _callback_tensor_inputs = ["latents"]
+
+        def __init__(self, unet: Any, scheduler: Any) -> None:
+            super().__init__()
+            self.register_modules(unet=unet, scheduler=scheduler)
+
+        def __call__(
+            self,
+            prompt: str | None = None,
+            num_inference_steps: int = 20,
+            callback_on_step_end: Any = None,
+            callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006  # diffusers' own signature
+        ) -> Any:
+            latents = torch.zeros(1, 4)
+            timesteps = torch.arange(num_inference_steps, 0, -1)
+            for i, t in enumerate(timesteps):
+                latents = self.unet(latents)
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+            return latents
+
+    return StepOnlyPipeline(torch.nn.Identity(), DDIMScheduler())
+
+
+def per_step(args: argparse.Namespace, handle: Any) -> None:
+    pipe = step_pipeline()
+    instrumentor = DiffusersInstrumentor()
+    steps = args.isolated_steps
+
+    def run() -> None:
+        pipe("make it snowy", num_inference_steps=steps)
+
+    step_attributes = {
+        "vision.stage": "denoise_step",
+        "vision.model.name": "StepOnlyPipeline",
+        "diffusion.step.index": 7,
+        "diffusion.step.timestep": 981.0,
+    }
+    results = rounds(
+        {
+            "plain": Variant(run),
+            "traced": Variant(run, lambda: instrumentor.instrument(pipelines=[pipe]), instrumentor.uninstrument),
+            "bare": Variant(bare_spans(handle, "denoise_step", step_attributes, steps)),
+        },
+        args.samples,
+        settle=lambda: handle.force_flush(timeout_millis=30000),
+    )
+    report_added(
+        f"Per denoising step, isolated ({steps} steps per call, {args.samples} rounds; Python "
+        f"{platform.python_version()}):",
+        "step",
+        results,
+        {"plain": steps, "traced": steps, "bare": steps},
+        1,
+    )
+    print()
+
+
+def overhead(args: argparse.Namespace, handle: Any) -> None:
+    import torch
     from PIL import Image
 
-    otel_vision.configure(
-        service_name="bench-diffusers", exporter="none", logs=False,
-        additional_span_processors=[BatchSpanProcessor(NullExporter())],
-    )  # fmt: skip
     pipe = build(args)
     image = Image.new("RGB", (args.size, args.size), (90, 120, 200))
     instrumentor = DiffusersInstrumentor()
@@ -59,15 +130,20 @@ def overhead(args: argparse.Namespace) -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    plain, traced = alternate(
-        run, lambda: instrumentor.instrument(pipelines=[pipe]), instrumentor.uninstrument, args.samples
-    )
-    otel_vision.shutdown()
+    results = rounds(
+        {"plain": Variant(run), "traced": Variant(run, lambda: instrumentor.instrument(pipelines=[pipe]),
+                                                  instrumentor.uninstrument)},
+        args.samples,
+        settle=lambda: handle.force_flush(timeout_millis=30000),
+    )  # fmt: skip
     title = (
         f"{args.pipeline} InstructPix2Pix {args.device} {args.dtype} {args.size}x{args.size} {args.steps} steps; "
         f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
     )
-    report(title, "call", plain, traced, args.calls)
+    report(title, "call", results["plain"], results["traced"], args.calls)
+    plain, traced = (statistics.median(results[k].cpu) / args.calls for k in ("plain", "traced"))
+    spans = 7 + args.steps
+    print(f"\nadded process CPU per call: {(traced - plain) * 1e3:.2f} ms, {spans} spans per call")
 
 
 def compare_profiler(args: argparse.Namespace) -> None:
@@ -113,11 +189,19 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--calls", type=int, default=1)
+    parser.add_argument("--isolated-steps", type=int, default=200, help="steps per call of the per-step measurement")
+    parser.add_argument("--config", choices=CONFIGS, default="default")
     parser.add_argument("--compare-profiler", action="store_true")
     args = parser.parse_args()
-    compare_profiler(args) if args.compare_profiler else overhead(args)
+    if args.compare_profiler:
+        compare_profiler(args)
+        return
+    print(f"configuration: {describe(args.config)}\n")
+    with configured("bench-diffusers", args.config) as handle:
+        per_step(args, handle)
+        overhead(args, handle)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Overhead of the ultralytics instrumentation: YOLOv8n predict, instrumented versus not, in one process.
+"""Overhead of the ultralytics instrumentation in the default configuration: fixed cost per predict, and YOLOv8n.
 
-Samples of ``--calls`` predicts without instrumentation and with it alternate one by one (``uninstrument()`` removes
-every wrapper and callback, so "not instrumented" is ultralytics' own code path); the figures are medians, wall and
-process CPU time. Spans go through a BatchSpanProcessor to an exporter that drops them, metrics to
-an in-memory reader.
+Two measurements, both in the default configuration unless ``--config null-exporter`` (see ``_ab.py``):
 
-    python benchmarks/bench_ultralytics.py --batch 1 --samples 60
-    python benchmarks/bench_ultralytics.py --batch 8 --samples 24
+1. Fixed cost per predict, isolated: YOLOv8n predicts at ``--small-imgsz`` (64 px: a few milliseconds each, so the
+   fixed cost is not lost in the model's time), instrumented versus not, next to bare SDK spans in the same rounds.
+   What a predict of batch 1 makes: five spans (predict, batch, preprocess, inference, postprocess), one ``image``
+   event, the ``vision.detections`` and ``vision.images`` metrics.
+2. The model: samples of ``--calls`` predicts at ``--imgsz`` without instrumentation and with it alternate one by one
+   (``uninstrument()`` removes every wrapper and callback, so "not instrumented" is ultralytics' own code path).
+
+    python benchmarks/bench_ultralytics.py --batch 1 --samples 40
+    python benchmarks/bench_ultralytics.py --batch 8 --samples 30
     python benchmarks/bench_ultralytics.py --device cuda --imgsz 640 --batch 1 --samples 200
     python benchmarks/bench_ultralytics.py --device cuda --imgsz 640 --batch 1 --compare-profiler
 
@@ -20,24 +24,30 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from _ab import NullExporter, alternate, report
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from _ab import CONFIGS, Variant, bare_spans, configured, describe, report, report_added, rounds
 
 import otel_vision
 from otel_vision.instrumentation.ultralytics import UltralyticsInstrumentor
+
+SPANS_PER_PREDICT = 5
+"""predict, batch, preprocess, inference, postprocess (batch 1)."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--small-imgsz", type=int, default=64, help="input size of the fixed-cost measurement")
+    parser.add_argument("--small-calls", type=int, default=20, help="predicts per sample of the fixed-cost run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default="yolov8n.yaml")
+    parser.add_argument("--config", choices=CONFIGS, default="default")
     parser.add_argument("--compare-profiler", action="store_true")
     args = parser.parse_args()
     if args.compare_profiler:
@@ -47,28 +57,60 @@ def main() -> None:
     import numpy as np
     from ultralytics import YOLO
 
-    otel_vision.configure(
-        service_name="bench-ultralytics", exporter="none", logs=False,
-        additional_span_processors=[BatchSpanProcessor(NullExporter())],
-    )  # fmt: skip
-    model = YOLO(args.weights)
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(args.batch)]
-    source = frames if args.batch > 1 else frames[0]
-    kwargs = {"imgsz": args.imgsz, "device": args.device, "verbose": False}
-    instrumentor = UltralyticsInstrumentor()
+    print(f"configuration: {describe(args.config)}\n")
+    with configured("bench-ultralytics", args.config) as handle:
+        settle = lambda: handle.force_flush(timeout_millis=30000)  # noqa: E731
+        model = YOLO(args.weights)
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(args.batch)]
+        source = frames if args.batch > 1 else frames[0]
+        instrumentor = UltralyticsInstrumentor()
+        fixed_cost(args, handle, model, source, instrumentor, settle)
+        kwargs = {"imgsz": args.imgsz, "device": args.device, "verbose": False}
+
+        def run() -> None:
+            for _ in range(args.calls):
+                model.predict(source, **kwargs)  # ultralytics synchronizes CUDA at each stage boundary itself
+
+        results = rounds(
+            {"plain": Variant(run), "traced": Variant(run, instrumentor.instrument, instrumentor.uninstrument)},
+            args.samples,
+            settle,
+        )
+        title = (
+            f"YOLOv8n ({args.weights}) {args.device} imgsz={args.imgsz} batch={args.batch}; "
+            f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
+        )
+        report(title, "predict", results["plain"], results["traced"], args.calls)
+
+
+def fixed_cost(args: argparse.Namespace, handle: Any, model: Any, source: Any, instrumentor: Any, settle: Any) -> None:
+    kwargs = {"imgsz": args.small_imgsz, "device": args.device, "verbose": False}
+    n = args.small_calls
 
     def run() -> None:
-        for _ in range(args.calls):
-            model.predict(source, **kwargs)  # ultralytics synchronizes CUDA at each stage boundary itself
+        for _ in range(n):
+            model.predict(source, **kwargs)
 
-    plain, traced = alternate(run, instrumentor.instrument, instrumentor.uninstrument, args.samples)
-    otel_vision.shutdown()
-    title = (
-        f"YOLOv8n ({args.weights}) {args.device} imgsz={args.imgsz} batch={args.batch}; "
-        f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
+    attributes = {"vision.stage": "inference", "vision.model.name": "yolov8n"}
+    results = rounds(
+        {
+            "plain": Variant(run),
+            "traced": Variant(run, instrumentor.instrument, instrumentor.uninstrument),
+            "bare": Variant(bare_spans(handle, "inference", attributes, SPANS_PER_PREDICT * n)),
+        },
+        args.samples,
+        settle,
     )
-    report(title, "predict", plain, traced, args.calls)
+    report_added(
+        f"Fixed cost per predict, isolated (imgsz={args.small_imgsz} batch={args.batch}, {args.samples} rounds x {n} "
+        f"predicts; Python {platform.python_version()}):",
+        "predict",
+        results,
+        {"plain": n, "traced": n, "bare": SPANS_PER_PREDICT * n},
+        SPANS_PER_PREDICT,
+    )
+    print()
 
 
 def compare_profiler(args: argparse.Namespace, calls: int = 20) -> None:
