@@ -519,8 +519,10 @@ def resolve(
     traces_exporter = _exporter(exporter, OTEL_TRACES_EXPORTER, env, _TRACE_EXPORTERS, problems)
     metrics_exporter = _exporter(exporter, OTEL_METRICS_EXPORTER, env, _METRIC_EXPORTERS, problems)
     logs_exporter = _exporter(exporter, OTEL_LOGS_EXPORTER, env, _EXPORTERS, problems)
-    if traces_exporter == "waterfall" and endpoint is None and not any(
-        _env(f"OTEL_EXPORTER_OTLP_{s}ENDPOINT", env) for s in ("", "METRICS_", "LOGS_")
+    if (
+        traces_exporter == "waterfall"
+        and endpoint is None
+        and not any(_env(f"OTEL_EXPORTER_OTLP_{s}ENDPOINT", env) for s in ("", "METRICS_", "LOGS_"))
     ):
         # OTEL_TRACES_EXPORTER=waterfall with no collector configured: a local view, not OTLP to localhost for the
         # other two signals (which would only warn that nothing listens there), unless their variables say so.
