@@ -18,17 +18,15 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from opentelemetry.context import Context
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, StatusCode, TraceFlags
 
-from otel_vision._errors import report_internal_error
 from otel_vision._finished import Drainer, amended
 from otel_vision.attributes import (
     CUDA_OOM,
@@ -177,6 +175,13 @@ def members(span: ReadableSpan) -> list[ReadableSpan]:
 
 
 # --- tail sampling ------------------------------------------------------------------------------------------------
+def _attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """A span's attributes as a plain dict where the SDK keeps one (several lookups per span: the public read-only
+    view costs a lock and a proxy per lookup), else the public view."""
+    plain = getattr(getattr(span, "_attributes", None), "_dict", None)
+    return plain if isinstance(plain, dict) else (span.attributes or {})
+
+
 MAX_TRACES: Final = 10_000
 MAX_SPANS: Final = 1_000
 MAX_AGE_S: Final = 60.0
@@ -208,20 +213,40 @@ class TailSampler(_Forwarding):
         self._bound = int(ratio * (1 << 64))
         self._latency = dict(latency)
         self._default_latency = self._latency.pop("*", None)
+        self._thresholds = bool(self._latency) or self._default_latency is not None
         self._max_traces = max_traces
         self._max_spans = max_spans
         self._max_age = max_age
-        self._traces: OrderedDict[int, _Trace] = OrderedDict()
-        self._decisions: OrderedDict[int, bool] = OrderedDict()
+        self._traces: dict[int, _Trace] = {}
+        """Insertion-ordered: the oldest trace first."""
+        self._decisions: dict[int, bool] = {}
+        self._calls = 0
         self._lock = threading.Lock()
-        self._counter: Any = None
+        self._counts: dict[tuple[bool, str, bool], int] = {}
 
     def bind(self, meter: Meter) -> None:
-        self._counter = meter.create_counter(
+        # Observed at collection from plain counts: no metric call per decided trace.
+        meter.create_observable_counter(
             METRIC_TAIL_SAMPLING_TRACES,
+            callbacks=[self._observe],
             unit="{trace}",
             description="Traces kept or dropped by the in-process tail sampler, by decision and reason.",
         )
+
+    def _observe(self, options: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [
+            Observation(
+                count,
+                {
+                    VISION_TAIL_SAMPLING_DECISION: KEEP if keep else DROP,
+                    VISION_TAIL_SAMPLING_REASON: reason,
+                    VISION_TAIL_SAMPLING_EARLY: early,
+                },
+            )
+            for (keep, reason, early), count in counts
+        ]
 
     # --- SpanProcessor --------------------------------------------------------------------------------------------
     def on_end(self, span: ReadableSpan) -> None:
@@ -231,6 +256,8 @@ class TailSampler(_Forwarding):
         trace_id = context.trace_id
         decided: list[tuple[_Trace, bool]] = []
         late: bool | None = None
+        parent = span.parent
+        local_root = parent is None or parent.is_remote
         with self._lock:
             known = self._decisions.get(trace_id)
             if known is not None:
@@ -238,12 +265,20 @@ class TailSampler(_Forwarding):
             else:
                 trace = self._traces.get(trace_id)
                 if trace is None:
-                    trace = self._traces[trace_id] = _Trace(time.monotonic())
-                trace.spans.append(span)
-                parent = span.parent
-                if parent is None or parent.is_remote or len(trace.spans) >= self._max_spans:
-                    decided.append(self._decide_locked(trace_id, early=parent is not None and not parent.is_remote))
-                self._enforce_bounds_locked(decided)
+                    trace = _Trace(0.0, [span])
+                    if local_root:  # a trace of one span (or whose other spans all went first): decide at once
+                        decided.append(self._decide_locked(trace_id, trace, early=False))
+                    else:
+                        trace.born = time.monotonic()
+                        self._traces[trace_id] = trace
+                else:
+                    trace.spans.append(span)
+                    if local_root or len(trace.spans) >= self._max_spans:
+                        del self._traces[trace_id]
+                        decided.append(self._decide_locked(trace_id, trace, early=not local_root))
+                self._calls += 1
+                if len(self._traces) > self._max_traces or not self._calls % 256:
+                    self._enforce_bounds_locked(decided)
         if late is not None:
             if late:
                 self._forward(span)
@@ -260,10 +295,10 @@ class TailSampler(_Forwarding):
             oldest_id, oldest = next(iter(traces.items()))
             if len(traces) <= self._max_traces and now - oldest.born <= self._max_age:
                 break
-            decided.append(self._decide_locked(oldest_id, early=True))
+            del traces[oldest_id]
+            decided.append(self._decide_locked(oldest_id, oldest, early=True))
 
-    def _decide_locked(self, trace_id: int, *, early: bool) -> tuple[_Trace, bool]:
-        trace = self._traces.pop(trace_id)
+    def _decide_locked(self, trace_id: int, trace: _Trace, *, early: bool) -> tuple[_Trace, bool]:
         reason = self._reason(trace)
         keep = reason is not None or (trace_id & 0xFFFFFFFFFFFFFFFF) < self._bound
         if reason is None:
@@ -271,33 +306,24 @@ class TailSampler(_Forwarding):
         decisions = self._decisions
         decisions[trace_id] = keep
         if len(decisions) > MAX_DECISIONS:
-            decisions.popitem(last=False)
-        if self._counter is not None:
-            try:
-                self._counter.add(
-                    1,
-                    {
-                        VISION_TAIL_SAMPLING_DECISION: KEEP if keep else DROP,
-                        VISION_TAIL_SAMPLING_REASON: reason,
-                        VISION_TAIL_SAMPLING_EARLY: early,
-                    },
-                )
-            except Exception:
-                report_internal_error("tail sampling counter")
+            del decisions[next(iter(decisions))]
+        key = (keep, reason, early)
+        self._counts[key] = self._counts.get(key, 0) + 1  # under the lock, like every caller of this method
         return trace, keep
 
     def _reason(self, trace: _Trace) -> str | None:
-        """Why the trace must be kept whatever the ratio: ``cuda_oom``, ``error``, ``slow``, ``throttled``."""
+        """Why the trace must be kept whatever the ratio: ``cuda_oom``, ``error``, ``batch``, ``slow``,
+        ``throttled``."""
         error = throttled = batch = False
         for span in trace.spans:
-            attributes = span.attributes or {}
-            if attributes.get(ERROR_TYPE) == CUDA_OOM:
-                return CUDA_OOM
-            if attributes.get(VISION_BATCH_ROLE) == BATCH:
-                batch = True
-            if span.status is not None and span.status.status_code is StatusCode.ERROR:
+            attributes = _attributes(span)
+            if span.status.status_code is StatusCode.ERROR:
+                if attributes.get(ERROR_TYPE) == CUDA_OOM:
+                    return CUDA_OOM
                 error = True
-            if attributes.get(GPU_THROTTLE_REASONS):
+            if span.links and attributes.get(VISION_BATCH_ROLE) == BATCH:
+                batch = True
+            if GPU_THROTTLE_REASONS in attributes and attributes[GPU_THROTTLE_REASONS]:
                 throttled = True
         if error:
             return "error"
@@ -306,8 +332,8 @@ class TailSampler(_Forwarding):
             # link dangling. Batches are few next to the requests they serve.
             return BATCH
         root = trace.spans[-1]
-        if root.start_time is not None and root.end_time is not None:
-            operation = (root.attributes or {}).get(VISION_OPERATION, root.name)
+        if self._thresholds and root.start_time is not None and root.end_time is not None:
+            operation = _attributes(root).get(VISION_OPERATION, root.name)
             threshold = self._latency.get(str(operation), self._default_latency)
             if threshold is not None and (root.end_time - root.start_time) / 1e9 > threshold:
                 return "slow"
@@ -323,7 +349,8 @@ class TailSampler(_Forwarding):
 
     def shutdown(self) -> None:
         with self._lock:
-            decided = [self._decide_locked(trace_id, early=True) for trace_id in list(self._traces)]
+            traces, self._traces = self._traces, {}
+            decided = [self._decide_locked(trace_id, trace, early=True) for trace_id, trace in traces.items()]
         self._release(decided)
         super().shutdown()
 
