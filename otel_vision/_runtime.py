@@ -6,10 +6,12 @@ up OpenTelemetry itself); `configure()` and `otel_vision.testing` install their 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanContext
 
 from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
@@ -59,3 +61,16 @@ def install(runtime: Runtime | None) -> Runtime:
     previous = _current
     _current = runtime if runtime is not None else _from_globals()
     return previous
+
+
+_MAX_EXPECTED: Final = 10_000
+expected_links: dict[int, Sequence[SpanContext]] = {}
+"""Batch span id -> the span contexts of its requests, registered by `batch()` and taken by the export path
+(`otel_vision._tail.BatchFanOut`), which turns them into links and member spans."""
+
+
+def expect_links(span_id: int, requests: Sequence[SpanContext]) -> None:
+    """Register the requests of a starting batch span (kept here, where `batch()` reaches them without the SDK)."""
+    expected_links[span_id] = requests
+    if len(expected_links) > _MAX_EXPECTED:  # batch spans that never reached our processor (another provider)
+        expected_links.pop(next(iter(expected_links)), None)

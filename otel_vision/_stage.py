@@ -15,7 +15,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from otel_vision import _runtime, _tail
+from otel_vision import _runtime
 from otel_vision._errors import describe_exception, error_type, report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
@@ -499,7 +499,7 @@ class batch(stage):
         active = super()._start(parent)
         if self._requests and active.span.is_recording():
             # Our export path adds the links (and makes the member spans) off this thread.
-            _tail.expect_links(active.span.get_span_context().span_id, self._requests)
+            _runtime.expect_links(active.span.get_span_context().span_id, self._requests)
         return active
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, StatusCode, TraceFlags
 
 from otel_vision._finished import Drainer, amended
+from otel_vision._runtime import expected_links as _expected
 from otel_vision.attributes import (
     CUDA_OOM,
     ERROR_TYPE,
@@ -46,17 +47,6 @@ from otel_vision.attributes import (
 
 BATCH: Final = "batch"
 MEMBER: Final = "member"
-_MAX_EXPECTED: Final = 10_000
-
-_expected: dict[int, Sequence[SpanContext]] = {}
-"""Batch span id -> the span contexts of its requests, registered by `batch()` and taken by `BatchFanOut`."""
-
-
-def expect_links(span_id: int, requests: Sequence[SpanContext]) -> None:
-    """Register the requests of a starting batch span: the export path turns them into links and member spans."""
-    _expected[span_id] = requests
-    if len(_expected) > _MAX_EXPECTED:  # batch spans that never reached our processor (another provider)
-        _expected.pop(next(iter(_expected)), None)
 
 
 class _Forwarding(SpanProcessor):

@@ -25,6 +25,23 @@ def test_import_is_cheap(run_json) -> None:
     assert loaded == []
 
 
+def test_import_leaves_the_sdk_and_exporters_for_configure(run_json) -> None:
+    """`import otel_vision` and a stage before configure() need only the OpenTelemetry API: the SDK, the exporters
+    and gRPC load with configure() (the import stays cheaper than the SDK's tracer alone)."""
+    loaded = run_json(
+        """
+        import json, sys
+        import otel_vision
+        with otel_vision.stage("before-configure"):
+            pass
+        heavy = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "requests")
+        print(json.dumps(sorted({m.split(".")[0] + "." + m.split(".")[1] if "." in m else m for m in sys.modules
+                                 if m.startswith(heavy)})))
+        """
+    )
+    assert loaded == []
+
+
 def test_attribute_names_are_unique() -> None:
     """No two attribute constants spell different concepts with the same string (aliases are declared as such)."""
     from otel_vision import attributes
