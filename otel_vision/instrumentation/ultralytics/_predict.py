@@ -33,8 +33,6 @@ MAX_IMAGE_EVENTS = 32
 """Per-image events kept per batch span; a bigger batch is summarized by its counts only."""
 TOP_CLASSES = 5
 PREDICTOR_METHODS = ("preprocess", "inference", "postprocess")
-SUMMARY_SKIPPED = "vision.summary.skipped"
-"""Batch-span attribute: ``True`` when ``predictor.results`` was not a list or tuple, so it was left unread."""
 
 
 def model_name(model: Any) -> str:
@@ -350,7 +348,7 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
     if not isinstance(results, list | tuple):
         # Replaced by a user callback (an iterator, a generator...): reading it would consume it. Say so, go on.
         if results is not None:
-            span.set_attribute(SUMMARY_SKIPPED, True)
+            span.set_attribute(a.VISION_SUMMARY_SKIPPED, True)
         return
     instruments = _runtime.current().instruments
     metric_attrs = call.metric_attributes()
