@@ -16,14 +16,19 @@ from otel_vision._errors import report_internal_error
 from otel_vision.instrumentation.diffusers._call import current_call
 
 
-@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
-def text_encoder_hook(module: Any, args: Any) -> None:
+def _enter(phase: str, what: str) -> None:
+    """Start ``phase`` in the instrumented call running on this thread, if any; never raises."""
     call = current_call()
     if call is not None:
         try:
-            call.enter("encode_prompt")
+            call.enter(phase)
         except Exception:
-            report_internal_error("diffusers text encoder hook")
+            report_internal_error(what)
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
+def text_encoder_hook(module: Any, args: Any) -> None:
+    _enter("encode_prompt", "diffusers text encoder hook")
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
@@ -38,22 +43,12 @@ def denoiser_hook(module: Any, args: Any) -> None:
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
 def vae_encoder_hook(module: Any, args: Any) -> None:
-    call = current_call()
-    if call is not None:
-        try:
-            call.enter("prepare_latents")
-        except Exception:
-            report_internal_error("diffusers VAE encoder hook")
+    _enter("prepare_latents", "diffusers VAE encoder hook")
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
 def vae_decoder_hook(module: Any, args: Any) -> None:
-    call = current_call()
-    if call is not None:
-        try:
-            call.enter("vae_decode")
-        except Exception:
-            report_internal_error("diffusers VAE decoder hook")
+    _enter("vae_decode", "diffusers VAE decoder hook")
 
 
 HOOKS: dict[str, Any] = {
