@@ -297,6 +297,11 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append(f"  {signal:<7} endpoint     {entry['url']}  [{entry['source']}]")
         if "reachable" in entry:
             lines.append(f"                       reachable: {entry['reachable']}")
+    lines.append(
+        "  export losses        an application counts what it could not deliver as otel.sdk.* metrics (dashboard "
+        'panel "Telemetry dropped or failed to export", alert OtelVisionTelemetryDropped) and names it at shutdown; '
+        "doctor, a process of its own, cannot see them"
+    )
     lines += ["", "problems"]
     lines += [f"  - {p}" for p in report["problems"]] or ["  none"]
     return "\n".join(lines)

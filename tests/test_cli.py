@@ -177,6 +177,11 @@ class TestDoctor:
         assert traces["reachable"].startswith("no")
         assert result.returncode == 1 and any("traces, metrics, logs endpoint" in p for p in report["problems"])
 
+    def test_says_where_export_losses_are_counted(self) -> None:
+        """doctor cannot see another process's losses, so it says where they are: the otel.sdk.* metrics."""
+        result = _cli("doctor", "--no-network")
+        assert "export losses" in result.stdout and "otel.sdk.*" in result.stdout
+
     def test_http_endpoints_get_signal_paths(self) -> None:
         """With http/protobuf the effective endpoints include the per-signal paths."""
         result = _cli("doctor", "--json", "--no-network", env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
