@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
 from opentelemetry.util.types import AttributeValue
 
@@ -84,3 +85,42 @@ class Instruments:
     def metric_attributes(self, pairs: Mapping[str, AttributeValue | None]) -> dict[str, AttributeValue]:
         """Drop ``None`` values and cap each value's cardinality."""
         return {key: self.guard(key, value) for key, value in pairs.items() if value is not None}
+
+
+class BatchCounts:
+    """What a batch span's image metrics need, kept beside the span (never on it) until the span is drained."""
+
+    __slots__ = ("attributes", "detections", "images")
+
+    def __init__(self, attributes: Mapping[str, AttributeValue], detections: Sequence[int], images: int) -> None:
+        self.attributes = attributes
+        """The metric attributes (``vision.model.name``, capped), as computed on the inference thread."""
+        self.detections = detections
+        """Detections of each image that had boxes, in order (one ``vision.detections`` point each)."""
+        self.images = images
+        """Images in the batch (``vision.images``)."""
+
+
+_MAX_PENDING: Final = 10_000
+pending_batch_counts: dict[int, BatchCounts] = {}
+"""Span id -> the image metrics of a batch span still running or not drained yet: registered by the instrumentation
+on the inference thread before the span ends, taken by `otel_vision._span_metrics` when it records the finished
+span. Nothing of it is exported: the span's attributes and events stay what they were."""
+
+
+def defer_batch_counts(span_id: int, counts: BatchCounts) -> None:
+    """Have the export path record ``counts`` when the span ``span_id`` (recording, of our pipeline) has ended."""
+    pending_batch_counts[span_id] = counts
+    if len(pending_batch_counts) > _MAX_PENDING:  # spans that never reached our processor (a stopped pipeline)
+        pending_batch_counts.pop(next(iter(pending_batch_counts)), None)
+
+
+def record_batch_counts(instruments: Instruments, counts: BatchCounts, context: Context | None = None) -> None:
+    """Record one ``vision.detections`` point per counted image and the batch's ``vision.images`` (``context``:
+    the exemplars' span; ``None``, the current one)."""
+    attributes = counts.attributes
+    histogram = instruments.detections
+    for count in counts.detections:
+        histogram.record(count, attributes, context=context)
+    if counts.images:
+        instruments.images.add(counts.images, attributes, context=context)

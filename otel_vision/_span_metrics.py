@@ -5,9 +5,14 @@ A stage or request span carries everything its metrics need (``vision.stage`` or
 (attribute hashing, aggregation, exemplar sampling), so `stage()` leaves it to this processor: ``on_end`` only
 appends the span to a deque, and a background thread records ``vision.stage.duration``, ``vision.request.duration``,
 ``vision.requests`` and ``vision.queue.duration`` with the span's context, so exemplars still point at the trace.
+The image metrics of an instrumented batch (``vision.images``, ``vision.detections`` per image) come the same way:
+the instrumentation leaves the counts beside the batch span (`otel_vision._metrics.defer_batch_counts`, keyed by
+span id, never on the span), and they are recorded here with the context of the batch's parent span, the call's root
+span that was current when they used to be recorded on the inference thread.
 
-Spans that are not recorded (a head sampler said no) never reach a span processor; `stage()` records their metrics
-on the spot, so every request is counted whatever the sampling.
+Spans that are not recorded (a head sampler said no) never reach a span processor; `stage()` and the
+instrumentations record their metrics on the spot, so every request is counted whatever the sampling. This processor
+comes first on the provider, before the tail sampler, so a trace the tail sampler drops is counted too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from opentelemetry.trace import NonRecordingSpan
 
 from otel_vision import _runtime
 from otel_vision._finished import Drainer
-from otel_vision._metrics import Instruments
+from otel_vision._metrics import BatchCounts, Instruments, pending_batch_counts, record_batch_counts
 from otel_vision.attributes import (
     ERROR_TYPE,
     VISION_INSTRUCTION_CATEGORY,
@@ -84,6 +89,10 @@ class SpanMetricsProcessor(SpanProcessor):
         stage = attributes.get(VISION_STAGE)
         if stage is None:
             return
+        if pending_batch_counts and span.context is not None:
+            counts = pending_batch_counts.pop(span.context.span_id, None)
+            if counts is not None:
+                self._record_batch_counts(instruments, span, counts)
         if stage == QUEUE_STAGE:
             attrs = instruments.metric_attributes({VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME)})
             instruments.queue_duration.record(seconds, attrs, context=context)
@@ -92,6 +101,14 @@ class SpanMetricsProcessor(SpanProcessor):
             {VISION_STAGE: stage, VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME), ERROR_TYPE: failure}
         )
         instruments.stage_duration.record(seconds, attrs, context=context)
+
+    @staticmethod
+    def _record_batch_counts(instruments: Instruments, span: ReadableSpan, counts: BatchCounts) -> None:
+        # The exemplars name the span that was current when these were recorded on the inference thread: the
+        # call's root span, the batch span's parent.
+        parent = span.parent if span.parent is not None else span.context
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
+        record_batch_counts(instruments, counts, context)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self.drain()

@@ -108,11 +108,66 @@ class TestPredict:
         assert hist.attributes == {"vision.model.name": "yolov8n"}
         (images_counter,) = vision_telemetry.points("vision.images")
         assert images_counter.value == 2
+        assert images_counter.attributes == {"vision.model.name": "yolov8n"}
         (requests,) = vision_telemetry.points("vision.requests")
         assert requests.value == 1 and requests.attributes == {
             "vision.operation": "predict",
             "vision.model.name": "yolov8n",
         }
+
+    def test_image_metric_exemplars_point_at_the_predict_span(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """The exemplars of vision.detections and vision.images name the call's trace and its predict span."""
+        exemplars = {}
+        for metric in ("vision.detections", "vision.images"):  # a collection takes the exemplars: one per call
+            model.predict([BUS, ZIDANE], conf=1e-4, **FAST)
+            (point,) = vision_telemetry.points(metric)
+            exemplars[metric] = {(e.trace_id, e.span_id) for e in point.exemplars}
+        roots = vision_telemetry.spans("predict")
+        assert exemplars == {
+            metric: {(root.context.trace_id, root.context.span_id)}
+            for metric, root in zip(("vision.detections", "vision.images"), roots, strict=True)
+        }
+
+    def test_batch_larger_than_the_image_events(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """A batch of 40 images: 32 image events, but one vision.detections point per image (all 40) and
+        vision.images 40; the batch span carries nothing else than before."""
+        import bisect
+
+        import numpy as np
+
+        def vary_counts(predictor: Any) -> None:  # random weights find the same boxes in every image
+            for i, result in enumerate(predictor.results):
+                result.update(boxes=result.boxes.data[: i % 7])
+
+        model.add_callback("on_predict_postprocess_end", vary_counts)
+        frames = [np.full((64, 64, 3), 3 * i, dtype=np.uint8) for i in range(40)]
+        results = model.predict(frames, conf=1e-4, **FAST)
+        counts = [len(r.boxes) for r in results]
+        assert len(counts) == 40 and len(set(counts)) >= 5  # several buckets, so a wrong carrier shows
+        batch = vision_telemetry.span("batch")
+        assert len([e for e in batch.events if e.name == "image"]) == 32
+        assert set(batch.attributes) == {
+            "vision.stage",
+            "vision.model.name",
+            "vision.batch.size",
+            "vision.detections.count",
+        }
+        assert batch.attributes["vision.detections.count"] == sum(counts)
+        (hist,) = vision_telemetry.points("vision.detections")
+        assert hist.count == 40 and hist.sum == sum(counts)
+        assert hist.min == min(counts) and hist.max == max(counts)
+        expected = [0] * (len(hist.explicit_bounds) + 1)
+        for count in counts:
+            expected[bisect.bisect_left(hist.explicit_bounds, count)] += 1
+        assert list(hist.bucket_counts) == expected
+        assert hist.attributes == {"vision.model.name": "yolov8n"}
+        (images_counter,) = vision_telemetry.points("vision.images")
+        assert images_counter.value == 40 and images_counter.attributes == {"vision.model.name": "yolov8n"}
+        assert vision_telemetry.span("predict").attributes["vision.images.count"] == 40
 
     def test_directory_is_batched(
         self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry, tmp_path: Path
@@ -253,6 +308,37 @@ class TestPredict:
         assert children[-1].start_time >= children[-2].end_time
 
 
+class TestSampling:
+    """Every predict is counted in the metrics, whether its trace is kept or not."""
+
+    @pytest.mark.parametrize(
+        "settings",
+        [
+            pytest.param({"sample_rate": 0.0}, id="head-sampled-out"),
+            pytest.param({"tail_sampling_ratio": 0.0, "tail_sampling_latency": 1000.0}, id="tail-sampled-out"),
+        ],
+    )
+    def test_dropped_traces_are_still_counted(self, settings: dict[str, Any], model: Any) -> None:
+        from otel_vision.testing import capture_telemetry
+
+        with capture_telemetry(**settings) as captured:
+            otel_vision.instrument_ultralytics()
+            try:
+                counts: list[int] = []
+                for source in ([BUS, ZIDANE], BUS):
+                    counts += [len(r.boxes) for r in model.predict(source, conf=1e-4, **FAST)]
+            finally:
+                UltralyticsInstrumentor().uninstrument()
+            assert captured.spans() == []
+            (hist,) = captured.points("vision.detections")
+            assert hist.count == 3 and hist.sum == sum(counts) > 0
+            assert hist.attributes == {"vision.model.name": "yolov8n"}
+            (images_counter,) = captured.points("vision.images")
+            assert images_counter.value == 3 and images_counter.attributes == {"vision.model.name": "yolov8n"}
+            (requests,) = captured.points("vision.requests")
+            assert requests.value == 2
+
+
 class TestScope:
     def test_only_the_instrumented_model(self, vision_telemetry: CapturedTelemetry) -> None:
         """instrument_ultralytics(model) traces that model and not another one."""
@@ -335,6 +421,9 @@ def test_val(instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry,
     root = vision_telemetry.span("val")
     assert root.attributes["vision.operation"] == "val" and root.attributes["vision.images.count"] == 3
     assert "vision.val.map50-95_b" in root.attributes
+    (images_counter,) = vision_telemetry.points("vision.images")
+    assert images_counter.value == 3 and images_counter.attributes == {"vision.model.name": "yolov8n"}
+    assert not vision_telemetry.points("vision.detections")
     batches = sorted(vision_telemetry.spans("batch"), key=lambda s: s.start_time)
     assert [b.attributes["vision.batch.size"] for b in batches] == [2, 1]
     for batch in batches:

@@ -25,6 +25,7 @@ from opentelemetry.trace import Span
 from otel_vision import _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
+from otel_vision._metrics import BatchCounts, defer_batch_counts, record_batch_counts
 from otel_vision._stage import _Active, request, stage
 from otel_vision.instrumentation._wrapping import Patches
 
@@ -341,7 +342,8 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
 
     Counts come from tensor shapes (host-side). Class names need the class ids: on CPU they are read at once, per
     image; on CUDA they are copied asynchronously to pinned memory and summarized for the whole batch in the export
-    path (``vision.detections.classes`` on the batch span), so the inference thread never waits for the device.
+    path (``vision.detections.classes`` on the batch span), so the inference thread never waits for the device. The
+    metrics are recorded from the finished batch span in the export path too (`record_batch_metrics`).
     """
     span = active.span
     results = getattr(predictor, "results", None)
@@ -350,12 +352,10 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
         if results is not None:
             span.set_attribute(a.VISION_SUMMARY_SKIPPED, True)
         return
-    instruments = _runtime.current().instruments
-    metric_attrs = call.metric_attributes()
-    total = 0
-    counted = False
+    detections: list[int] = []
     device_classes: list[Any] = []
     names: Any = None
+    add_event = span.add_event
     for index, result in enumerate(results):
         boxes = getattr(result, "boxes", None)
         if boxes is None:
@@ -366,10 +366,8 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
             event[a.VISION_IMAGE_HEIGHT], event[a.VISION_IMAGE_WIDTH] = int(shape[0]), int(shape[1])
         if boxes is not None:
             count = len(boxes)
-            total += count
-            counted = True
+            detections.append(count)
             event[a.VISION_DETECTIONS_COUNT] = count
-            instruments.detections.record(count, metric_attrs)
             names = getattr(result, "names", None)
             if count:
                 classes = boxes.cls
@@ -379,14 +377,27 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
                 else:
                     device_classes.append(classes)
         if index < MAX_IMAGE_EVENTS:
-            span.add_event("image", event)
-    if results:
-        instruments.images.add(len(results), metric_attrs)
-        call.images += len(results)
-    if counted:
-        span.set_attribute(a.VISION_DETECTIONS_COUNT, total)
+            add_event("image", event)
+    images = len(results)
+    call.images += images
+    if detections:
+        span.set_attribute(a.VISION_DETECTIONS_COUNT, sum(detections))
+    if images:
+        record_batch_metrics(active, call, detections, images)
     if device_classes:
         _defer_batch_classes(active, device_classes, names)
+
+
+def record_batch_metrics(active: _Active, call: Call, detections: list[int], images: int) -> None:
+    """``vision.detections`` (one point per image in ``detections``) and ``vision.images``: from the finished batch
+    span in the export path when our pipeline records it (the same rule as `stage()`'s durations), here otherwise
+    (a head sampler said no, or the global API), so every image is counted whatever the sampling."""
+    counts = BatchCounts(call.metric_attributes(), detections, images)
+    span = active.span
+    if active.runtime.span_metrics and span.is_recording():
+        defer_batch_counts(span.get_span_context().span_id, counts)
+    else:
+        record_batch_counts(_runtime.current().instruments, counts)
 
 
 def _defer_batch_classes(active: _Active, device_classes: list[Any], names: Any) -> None:

@@ -20,6 +20,7 @@ from otel_vision.instrumentation.ultralytics._predict import (
     PATCHES,
     Call,
     current_call,
+    record_batch_metrics,
     wrap_engine_class,
 )
 
@@ -99,8 +100,8 @@ def on_val_batch_end(validator: Any) -> None:
         size = active.span.attributes.get(a.VISION_BATCH_SIZE) if hasattr(active.span, "attributes") else None
         if isinstance(size, int):
             call.images += size
-            instruments = _runtime.current().instruments
-            instruments.images.add(size, call.metric_attributes())
+            if size:
+                record_batch_metrics(active, call, [], size)
     finally:  # the batch span ends even when the bookkeeping fails
         call.batch_stage._finish(active, None)
 
