@@ -393,6 +393,25 @@ class TestScope:
         finally:
             UltralyticsInstrumentor().uninstrument()
 
+    def test_callback_added_between_calls_runs_before_our_summary(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """A batch-end callback the user adds after a first traced call still runs before our summary (ours stay
+        last), so the batch span counts what the user's callback left."""
+        model.predict(BUS, conf=1e-4, **FAST)
+
+        def keep_one(predictor: Any) -> None:
+            for result in predictor.results:
+                result.update(boxes=result.boxes.data[:1])
+
+        model.add_callback("on_predict_batch_end", keep_one)
+        (result,) = model.predict(BUS, conf=1e-4, **FAST)
+        assert len(result.boxes) == 1
+        first, second = sorted(vision_telemetry.spans("batch"), key=lambda s: s.start_time)
+        assert first.attributes["vision.detections.count"] > 1
+        assert second.attributes["vision.detections.count"] == 1
+        assert model.callbacks["on_predict_batch_end"][-1].__name__ == "otel_vision_on_predict_batch_end"
+
     def test_dependencies_declared(self) -> None:
         """The instrumentor declares the ultralytics versions it supports."""
         assert list(UltralyticsInstrumentor().instrumentation_dependencies()) == ["ultralytics >= 8.3"]

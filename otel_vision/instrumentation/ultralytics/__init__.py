@@ -80,6 +80,8 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             self._model_class: type | None = None
             self._callbacks = {key: _predict.Callback(key) for key in (*_EVENTS_FIRST, *_EVENTS_LAST)}
             self._val_callbacks = {key: _predict.Callback(key) for key in _val.VAL_EVENTS}
+            self._first_positions = [(key.split("@")[0], self._callbacks[key]) for key in _EVENTS_FIRST]
+            self._last_positions = [(key.split("@")[0], self._callbacks[key]) for key in _EVENTS_LAST]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -134,8 +136,28 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
         self._all_models = False
 
     # --- wrappers ---------------------------------------------------------------------------------------------
+    def _callbacks_in_place(self, model: Any) -> bool:
+        """Whether every callback of ours already sits where `_ensure_callbacks` puts it (identity checks only: the
+        usual case on every call after the first, answered without scanning the lists or taking the lock)."""
+        registry = model.callbacks
+        for event, fn in self._first_positions:
+            callbacks = registry.get(event)
+            if not callbacks or callbacks[0] is not fn:
+                return False
+        for event, fn in self._last_positions:
+            callbacks = registry.get(event)
+            if not callbacks or callbacks[-1] is not fn:
+                return False
+        for event, fn in self._val_callbacks.items():  # anywhere in their lists
+            callbacks = registry.get(event)
+            if not callbacks or not any(c is fn for c in callbacks):
+                return False
+        return model in self._touched
+
     def _ensure_callbacks(self, model: Any) -> None:
         """Put our callbacks in place: the 'first' ones before the user's and the tracker's, the 'last' ones after."""
+        if self._callbacks_in_place(model):
+            return
         with self._lock:
             registry = model.callbacks
             for key in (*_EVENTS_FIRST, *_EVENTS_LAST):
