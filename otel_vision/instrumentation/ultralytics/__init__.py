@@ -136,10 +136,17 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
         self._all_models = False
 
     # --- wrappers ---------------------------------------------------------------------------------------------
-    def _callbacks_in_place(self, model: Any) -> bool:
-        """Whether every callback of ours already sits where `_ensure_callbacks` puts it (identity checks only: the
-        usual case on every call after the first, answered without scanning the lists or taking the lock)."""
+    def _callbacks_in_place(self, model: Any, operation: str) -> bool:
+        """Whether the callbacks of ours that ``operation`` uses already sit where `_ensure_callbacks` puts them
+        (identity checks only: the usual case on every call after the first, answered without scanning the lists
+        with ``==`` or taking the lock)."""
         registry = model.callbacks
+        if operation == "val":
+            for event, fn in self._val_callbacks.items():  # anywhere in their lists
+                callbacks = registry.get(event)
+                if not callbacks or not any(c is fn for c in callbacks):
+                    return False
+            return model in self._touched
         for event, fn in self._first_positions:
             callbacks = registry.get(event)
             if not callbacks or callbacks[0] is not fn:
@@ -148,15 +155,11 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             callbacks = registry.get(event)
             if not callbacks or callbacks[-1] is not fn:
                 return False
-        for event, fn in self._val_callbacks.items():  # anywhere in their lists
-            callbacks = registry.get(event)
-            if not callbacks or not any(c is fn for c in callbacks):
-                return False
         return model in self._touched
 
-    def _ensure_callbacks(self, model: Any) -> None:
+    def _ensure_callbacks(self, model: Any, operation: str) -> None:
         """Put our callbacks in place: the 'first' ones before the user's and the tracker's, the 'last' ones after."""
-        if self._callbacks_in_place(model):
+        if self._callbacks_in_place(model, operation):
             return
         with self._lock:
             registry = model.callbacks
@@ -194,7 +197,7 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             # Not ours, or a subclass's predict calling super().predict(): one root span per call.
             return wrapped(*args, **kwargs)
         try:
-            self._ensure_callbacks(instance)
+            self._ensure_callbacks(instance, operation)
             name = _predict.model_name(instance)
             call = _predict.Call(operation, name)
             if operation != "val":

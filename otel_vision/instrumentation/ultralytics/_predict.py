@@ -51,6 +51,23 @@ def model_name(model: Any) -> str:
 class Call:
     """The spans of one predict/track/val call, reachable from callbacks through the OpenTelemetry context."""
 
+    __slots__ = (
+        "batch",
+        "batch_stage",
+        "batches",
+        "engine",
+        "images",
+        "method",
+        "model_name",
+        "operation",
+        "root",
+        "source_kind",
+        "stage_window",
+        "stages",
+        "track",
+        "track_stage",
+    )
+
     def __init__(self, operation: str, name: str) -> None:
         self.operation = operation
         self.model_name = name
@@ -284,13 +301,28 @@ def on_predict_batch_start(predictor: Any) -> None:
         return
     call.close_open(None)
     call.engine = predictor
-    active = call.batch_stage._start(trace.set_span_in_context(call.root))
-    call.batch = active
-    call.batches += 1
     batch = getattr(predictor, "batch", None)
     paths = batch[0] if isinstance(batch, list | tuple) and batch else None
-    if isinstance(paths, list | tuple):
-        active.span.set_attribute(a.VISION_BATCH_SIZE, len(paths))
+    starter = _sized_batch_stage(call.model_name, len(paths)) if isinstance(paths, list | tuple) else call.batch_stage
+    call.batch = starter._start(trace.set_span_in_context(call.root))
+    call.batches += 1
+
+
+def _sized_batch_stage(name: str, size: int) -> stage:
+    """A ``batch`` stage that starts its span with ``vision.batch.size`` among its attributes (one attribute call
+    less per batch than setting it after the start; same attributes, same order). Its span is ended, and its metrics
+    recorded, by the call's own batch stage, which has the same name and metric attributes."""
+    key = (name, size)
+    found = _SIZED_BATCH_STAGES.get(key)
+    if found is None:
+        found = stage("batch", {a.VISION_MODEL_NAME: name, a.VISION_BATCH_SIZE: size})
+        if len(_SIZED_BATCH_STAGES) >= _MAX_MODELS:
+            _SIZED_BATCH_STAGES.clear()
+        _SIZED_BATCH_STAGES[key] = found
+    return found
+
+
+_SIZED_BATCH_STAGES: dict[tuple[str, int], stage] = {}
 
 
 def on_predict_postprocess_end_first(predictor: Any) -> None:
