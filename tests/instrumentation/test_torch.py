@@ -59,6 +59,19 @@ class TestSpans:
         (point,) = vision_telemetry.points("vision.stage.duration")
         assert point.count == 2 and point.attributes == {"vision.stage": "inference", "vision.model.name": "resnet18"}
 
+    def test_each_input_signature_summarized_on_its_own(self, vision_telemetry: CapturedTelemetry) -> None:
+        """A call with the same shape but another dtype, or the same tensor by keyword, gets its own true summary."""
+        model = torch.nn.Flatten()
+        otel_vision.instrument_module(model)
+        model(torch.zeros(2, 3))
+        model(torch.zeros(2, 3, dtype=torch.float64))
+        model(torch.zeros(2, 3, dtype=torch.int64))
+        model(input=torch.zeros(2, 3, dtype=torch.float64))
+        model(torch.nn.Parameter(torch.zeros(5, 3)))  # a Tensor subclass
+        shapes = [s.attributes["vision.input.shapes"] for s in vision_telemetry.spans("inference")]
+        assert shapes == [("float32[2,3]",), ("float64[2,3]",), ("int64[2,3]",), ("float64[2,3]",), ("float32[5,3]",)]
+        assert [s.attributes["vision.batch.size"] for s in vision_telemetry.spans("inference")] == [2, 2, 2, 2, 5]
+
     def test_kwargs_and_several_inputs(self, vision_telemetry: CapturedTelemetry) -> None:
         """Tensors passed as keyword arguments are summarized too; non-tensors are not."""
         model = Toy()

@@ -28,12 +28,19 @@ from otel_vision._stage import _Active, stage
 MAX_INPUTS = 4
 """Tensors summarized in ``vision.input.shapes`` (shapes and dtypes only, never values)."""
 
-# Open spans of instrumented modules in this context: (module id, model-level?, active span or None, context token,
-# the stage that started it).
-_STACK: ContextVar[tuple[tuple[int, bool, _Active | None, object, stage | None], ...]] = ContextVar(
+# Open spans of instrumented modules in this context: (module id, model-level?, active stage or None, its stage).
+# The context token of each span is kept in ``_Active.token``.
+_STACK: ContextVar[tuple[tuple[int, bool, _Active | None, stage | None], ...]] = ContextVar(
     "otel_vision.torch.stack", default=()
 )
 _is_tracing: Any = torch._C._is_tracing  # what torch.jit.is_tracing() asks, without its Python overhead
+# Bound once: the hooks run on every forward of an instrumented module.
+_Tensor = torch.Tensor
+_get_current = context.get_current
+_attach = context.attach
+_detach = context.detach
+_exc_info = sys.exc_info
+_set_span_in_context = trace.set_span_in_context
 _HOOK_DICTS = (
     "_forward_pre_hooks",
     "_forward_pre_hooks_with_kwargs",
@@ -113,7 +120,11 @@ class PreHook:
             if owner is None:
                 owner = self._stage = stage(self.name, self.attributes)
             return owner
-        key = _signature(args, kwargs)
+        if not kwargs and len(args) == 1 and type(args[0]) is _Tensor:  # model(x): `_signature` without its loop
+            value = args[0]
+            key: tuple[Any, ...] = (value.device, value.shape, value.dtype)
+        else:
+            key = _signature(args, kwargs)
         signatures = self._signatures
         try:
             owner = signatures.get(key)
@@ -136,17 +147,18 @@ class PreHook:
             any(entry[0] == module_id for entry in stack)
             or (self.model_level and not self.nested and any(entry[1] for entry in stack))
         ):  # recursion, or a model called inside another instrumented model: no duplicate span
-            _STACK.set((*stack, (module_id, self.model_level, None, None, None)))
+            _STACK.set((*stack, (module_id, self.model_level, None, None)))
             return
         try:
             owner = self._owner(args, kwargs)
-            active = owner._start(None)
-            token = context.attach(trace.set_span_in_context(active.span))
+            parent = _get_current()
+            active = owner._start(parent)
+            active.token = _attach(_set_span_in_context(active.span, parent))
         except Exception:
             report_internal_error("module forward pre-hook")
-            _STACK.set((*stack, (module_id, self.model_level, None, None, None)))
+            _STACK.set((*stack, (module_id, self.model_level, None, None)))
             return
-        _STACK.set((*stack, (module_id, self.model_level, active, token, owner)))
+        _STACK.set((*stack, (module_id, self.model_level, active, owner)))
 
 
 @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch's decorator is untyped
@@ -162,16 +174,16 @@ def post_hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if found is None:
             return
         index = found
-    _, _, active, token, owner = stack[index]
+    _, _, active, owner = stack[index]
     _STACK.set(stack[:index])
     if active is None or owner is None:
         return
     # Called from torch's exception path (always_call=True) with output None: the exception is being handled.
-    exc = sys.exc_info()[1] if output is None else None
+    exc = _exc_info()[1] if output is None else None
     try:
         owner._finish(active, exc)
     finally:
-        context.detach(token)  # type: ignore[arg-type]  # the Token attach() returned by PreHook
+        _detach(active.token)  # type: ignore[arg-type]  # the Token attach() returned in PreHook
 
 
 def is_ours(hook: Any) -> bool:
