@@ -3,7 +3,8 @@
 Two measurements, both in the default configuration unless ``--config null-exporter`` (see ``_ab.py``):
 
 1. Fixed cost per predict, isolated: YOLOv8n predicts at ``--small-imgsz`` (64 px: a few milliseconds each, so the
-   fixed cost is not lost in the model's time), instrumented versus not, next to bare SDK spans in the same rounds.
+   fixed cost is not lost in the model's time), instrumented versus not, next to bare SDK spans in the same rounds;
+   wall time, process CPU time (all threads, export work included) and the inference thread's own CPU time.
    What a predict of batch 1 makes: five spans (predict, batch, preprocess, inference, postprocess), one ``image``
    event, the ``vision.detections`` and ``vision.images`` metrics.
 2. The model: samples of ``--calls`` predicts at ``--imgsz`` without instrumentation and with it alternate one by one
@@ -24,6 +25,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -93,23 +97,41 @@ def fixed_cost(args: argparse.Namespace, handle: Any, model: Any, source: Any, i
             model.predict(source, **kwargs)
 
     attributes = {"vision.stage": "inference", "vision.model.name": "yolov8n"}
+    thread_cpu: dict[str, list[float]] = {"plain": [], "traced": [], "bare": []}
+
+    def on_thread(name: str, fn: Callable[[], None]) -> Callable[[], None]:
+        """``fn``, also timing the CPU time of the calling thread (the inference thread) alone."""
+
+        def timed() -> None:
+            start = time.thread_time()
+            fn()
+            thread_cpu[name].append(time.thread_time() - start)
+
+        return timed
+
     results = rounds(
         {
-            "plain": Variant(run),
-            "traced": Variant(run, instrumentor.instrument, instrumentor.uninstrument),
-            "bare": Variant(bare_spans(handle, "inference", attributes, SPANS_PER_PREDICT * n)),
+            "plain": Variant(on_thread("plain", run)),
+            "traced": Variant(on_thread("traced", run), instrumentor.instrument, instrumentor.uninstrument),
+            "bare": Variant(on_thread("bare", bare_spans(handle, "inference", attributes, SPANS_PER_PREDICT * n))),
         },
         args.samples,
         settle,
     )
+    per = {"plain": n, "traced": n, "bare": SPANS_PER_PREDICT * n}
     report_added(
         f"Fixed cost per predict, isolated (imgsz={args.small_imgsz} batch={args.batch}, {args.samples} rounds x {n} "
         f"predicts; Python {platform.python_version()}):",
         "predict",
         results,
-        {"plain": n, "traced": n, "bare": SPANS_PER_PREDICT * n},
+        per,
         SPANS_PER_PREDICT,
     )
+    # The calling thread's own CPU time: what the inference thread pays, without the export threads' work (which
+    # the process CPU row includes) and without time the VM gave to other tenants (which the wall row includes).
+    median = {name: statistics.median(samples[2:]) / per[name] * 1e6 for name, samples in thread_cpu.items()}
+    added, bare = median["traced"] - median["plain"], median["bare"]
+    print(f"| inference thread CPU | {added:.1f} | {bare:.1f} | {added / bare:.2f} | {SPANS_PER_PREDICT} |")
     print()
 
 
