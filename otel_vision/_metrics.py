@@ -112,7 +112,10 @@ def defer_batch_counts(span_id: int, counts: BatchCounts) -> None:
     """Have the export path record ``counts`` when the span ``span_id`` (recording, of our pipeline) has ended."""
     pending_batch_counts[span_id] = counts
     if len(pending_batch_counts) > _MAX_PENDING:  # spans that never reached our processor (a stopped pipeline)
-        pending_batch_counts.pop(next(iter(pending_batch_counts)), None)
+        try:
+            pending_batch_counts.pop(next(iter(pending_batch_counts)), None)
+        except (RuntimeError, StopIteration):  # another thread changed it meanwhile: the next call trims
+            pass
 
 
 def record_batch_counts(instruments: Instruments, counts: BatchCounts, context: Context | None = None) -> None:
