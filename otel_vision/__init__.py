@@ -22,20 +22,17 @@ from otel_vision._instrument import (
     uninstrument_diffusers,
     uninstrument_ultralytics,
 )
+from otel_vision._setup import Handle, configure, shutdown
 from otel_vision._stage import batch, queue_wait, request, stage
 from otel_vision._version import __version__
 from otel_vision.instrumentation.torch import instrument_module, uninstrument_module
 
 if _TYPE_CHECKING:
     from otel_vision._console import WaterfallSpanExporter, render_summary, render_waterfall
-    from otel_vision._setup import Handle, configure, shutdown
 
-# The OpenTelemetry SDK (and exporters, gRPC) load on first use of these names: `stage()` needs only the API, so
-# `import otel_vision` stays cheaper than importing the SDK's tracer alone.
+# `import otel_vision` loads the OpenTelemetry SDK's tracer (so `configure()` can return in milliseconds); the metrics
+# and logs SDKs, the exporters and gRPC load on configure()'s background thread. The waterfall renderer loads on use.
 _LAZY = {
-    "Handle": "otel_vision._setup",
-    "configure": "otel_vision._setup",
-    "shutdown": "otel_vision._setup",
     "WaterfallSpanExporter": "otel_vision._console",
     "render_summary": "otel_vision._console",
     "render_waterfall": "otel_vision._console",

@@ -32,10 +32,17 @@ from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadW
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_vision import attributes as a
+from otel_vision._limits import (  # noqa: F401  # re-exported: the export path's bounds
+    DEFAULT_ATTRIBUTE_LENGTH,
+    DEFAULT_EXIT_TIMEOUT_S,
+    OTEL_VISION_EXIT_TIMEOUT,
+    exit_timeout,
+    span_limits,
+)
 
 logger = logging.getLogger("otel_vision")
 export_log = logging.getLogger("otel_vision.export")
@@ -435,8 +442,9 @@ class BatchQueue(Generic[Item]):
         self._size_of = size_of
         self._queue: deque[Item] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._accepted = 0
-        """Items offered to the queue so far (including dropped ones)."""
+        self._extra = 0
+        """See `hold_extra`."""
+        self._extra_until = 0
         self._done = 0
         """Items whose fate is settled (delivered, failed or dropped)."""
         self._lost = 0
@@ -456,6 +464,10 @@ class BatchQueue(Generic[Item]):
             ref = weakref.ref(self)
             os.register_at_fork(after_in_child=lambda: _call(ref, "_after_fork_in_child"))
 
+    @property
+    def signal(self) -> str:
+        return self._signal
+
     def _start_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name=f"otel-vision-export-{self._signal}", daemon=True)
         thread.start()
@@ -474,16 +486,23 @@ class BatchQueue(Generic[Item]):
         if self._inherited:
             return
         with self._cond:
-            self._accepted += 1
             if self._stopping:
                 self._settle_dropped(1, "already_shutdown")
                 return
-            if len(self._queue) >= self._max_queue_size:
+            if len(self._queue) >= self._max_queue_size + self._extra:
                 self._settle_dropped(1, "queue_full")
                 return
             self._queue.append(item)
             if len(self._queue) == self._max_batch_size:
                 self._cond.notify()
+
+    def hold_extra(self, count: int) -> None:
+        """Room for ``count`` more items than the queue's size until the next ``count`` (and everything queued
+        before them) are settled: the spans held before the pipeline was complete (at most
+        `otel_vision._early.EARLY_SPANS`) arrive all at once."""
+        with self._cond:
+            self._extra = count
+            self._extra_until = self._done + self._in_flight + len(self._queue) + count
 
     def _settle_dropped(self, count: int, reason: str) -> None:
         # Called with the lock held.
@@ -498,7 +517,8 @@ class BatchQueue(Generic[Item]):
             return True
         deadline = time.monotonic() + max(0.0, timeout_millis) / 1000.0
         with self._cond:
-            target = self._accepted
+            # Everything offered so far is settled, in flight or queued.
+            target = self._done + self._in_flight + len(self._queue)
             self._flush_requests += 1
             self._cond.notify_all()
             while self._done < target:
@@ -580,6 +600,8 @@ class BatchQueue(Generic[Item]):
                 self._done += len(batch)
                 if not ok:
                     self._lost += len(batch)
+                if self._extra and self._done >= self._extra_until:
+                    self._extra = 0
                 self._cond.notify_all()
 
     def _next_batch(self) -> list[Item] | None:
@@ -897,44 +919,6 @@ class ExportPipeline:
             straggler.settle(max(0.0, settled - time.monotonic()))
         for straggler in stragglers:
             straggler.write_off_in_flight()
-
-
-OTEL_VISION_EXIT_TIMEOUT: Final = "OTEL_VISION_EXIT_TIMEOUT"
-"""Seconds a program that never calls ``shutdown()`` may spend exporting at exit; default ``2``."""
-DEFAULT_EXIT_TIMEOUT_S: Final = 2.0
-
-
-def exit_timeout(environ: Mapping[str, str] | None = None) -> float:
-    """``OTEL_VISION_EXIT_TIMEOUT`` in seconds (an invalid value is logged once and the default used)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(OTEL_VISION_EXIT_TIMEOUT, "").strip()
-    if not raw:
-        return DEFAULT_EXIT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        logger.warning(
-            "otel_vision: %s=%r is invalid (not a number of seconds >= 0); using the default %s",
-            OTEL_VISION_EXIT_TIMEOUT, raw, DEFAULT_EXIT_TIMEOUT_S,
-        )  # fmt: skip
-        return DEFAULT_EXIT_TIMEOUT_S
-    return value
-
-
-DEFAULT_ATTRIBUTE_LENGTH: Final = 8192
-"""Characters kept per attribute value (and exception message, stack trace, status description) when neither
-``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` nor ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` is set (the SDK keeps all)."""
-_LENGTH_VARIABLES: Final = ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
-
-
-def span_limits(environ: Mapping[str, str] | None = None) -> SpanLimits:
-    """The SDK's span limits, with our cap on value length unless a standard variable sets one."""
-    env = os.environ if environ is None else environ
-    if any(env.get(name, "").strip() for name in _LENGTH_VARIABLES):
-        return SpanLimits()
-    return SpanLimits(max_attribute_length=DEFAULT_ATTRIBUTE_LENGTH)
 
 
 def describe(stats: Mapping[str, SignalStats], signals: Iterable[str]) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import logging.config
+import sys
 import threading
 import time
 import traceback
@@ -55,6 +55,11 @@ class ExportingHandler(logging.Handler):
         self._provider = logger_provider
         self._loggers: dict[str, Any] = {}
         self._emitting = threading.local()
+
+    def use(self, logger_provider: Any) -> None:
+        """Emit into ``logger_provider`` from now on."""
+        self._provider = logger_provider
+        self._loggers = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._emitting, "active", False):
@@ -166,5 +171,23 @@ def _wrap_config_functions() -> None:
         return
     _wrapped = True
     logging.basicConfig = _step_aside(logging.basicConfig)
-    logging.config.dictConfig = _step_aside(logging.config.dictConfig)
-    logging.config.fileConfig = _step_aside(logging.config.fileConfig)
+    if "logging.config" in sys.modules:
+        wrap_config_functions()
+
+
+_config_wrapped = False
+_config_lock = threading.Lock()
+
+
+def wrap_config_functions() -> None:
+    """Wrap ``logging.config.dictConfig``/``fileConfig`` too (importing ``logging.config`` costs 6 ms, so
+    `configure()` leaves it to its setup thread unless the application has imported it already)."""
+    global _config_wrapped
+    import logging.config
+
+    with _config_lock:
+        if _config_wrapped:
+            return
+        _config_wrapped = True
+        logging.config.dictConfig = _step_aside(logging.config.dictConfig)
+        logging.config.fileConfig = _step_aside(logging.config.fileConfig)

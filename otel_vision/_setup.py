@@ -21,32 +21,30 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from opentelemetry import _logs, metrics, trace
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, LogRecordExporter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry import trace
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
-from otel_vision import _config, _errors, _export, _logging, _runtime
+from otel_vision import _config, _errors, _limits, _logging, _runtime
+from otel_vision._early import PendingLoggerProvider, PendingMeter, SpanGate
 from otel_vision._errors import report_internal_error
 from otel_vision._metrics import Instruments
-from otel_vision._span_metrics import SpanMetricsProcessor
-from otel_vision._tail import BatchFanOut, TailSampler
 from otel_vision._version import __version__
-from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
-from otel_vision.gpu._nvtx import NvtxRanges
+
+if TYPE_CHECKING:
+    # Loaded by the setup thread, not by `configure()` itself (about 0.1-0.2 s of imports): see otel_vision._early.
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from otel_vision import _export
+    from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
 
 logger = logging.getLogger("otel_vision")
 
@@ -60,24 +58,60 @@ class Handle:
     ...
     handle.force_flush()
     ```
+
+    `configure()` returns once spans can be recorded; the rest (metrics and logs SDKs, exporters, GPU telemetry) is
+    built on a background thread right after. Reading ``meter_provider``, ``logger_provider`` or ``gpu``, flushing
+    and shutting down wait for it (bounded): see `otel_vision._early`.
     """
 
     settings: _config.Settings
     tracer_provider: TracerProvider | None = None
-    meter_provider: MeterProvider | None = None
-    logger_provider: LoggerProvider | None = None
-    gpu: GpuTelemetry | None = None
     standalone: bool = False
+    _meter_provider: MeterProvider | None = None
+    _logger_provider: LoggerProvider | None = None
+    _gpu: GpuTelemetry | None = None
     _log_handlers: list[logging.Handler] = field(default_factory=list)
     _servers: list[Any] = field(default_factory=list)
     _closed: bool = False
-    _exports: _export.ExportPipeline = field(default_factory=lambda: _export.ExportPipeline(_export.Accounting({})))
+    _exports: _export.ExportPipeline | None = None
     _rebuild: Any = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+    """Set once the whole pipeline exists (or its build failed, or it never will)."""
+    _state: threading.Lock = field(default_factory=threading.Lock)
+    """Orders the setup thread's hand-over against `shutdown()`."""
+    _gate: SpanGate | None = None
+    _early_meter: PendingMeter | None = None
+    _early_logs: PendingLoggerProvider | None = None
+    _setup_thread: threading.Thread | None = None
+    _handed_over: bool = False
+    """Set (with ``_state`` held) once the setup thread has published the whole pipeline."""
 
     @property
     def enabled(self) -> bool:
         """``False`` when ``OTEL_SDK_DISABLED`` turned everything off."""
         return self.tracer_provider is not None
+
+    @property
+    def meter_provider(self) -> MeterProvider | None:
+        self.wait_ready()
+        return self._meter_provider
+
+    @property
+    def logger_provider(self) -> LoggerProvider | None:
+        self.wait_ready()
+        return self._logger_provider
+
+    @property
+    def gpu(self) -> GpuTelemetry | None:
+        self.wait_ready()
+        return self._gpu
+
+    def wait_ready(self, timeout: float = _limits.SETUP_WAIT_S) -> bool:
+        """Wait (at most ``timeout`` seconds) until the background part of `configure()` has finished; ``True`` when
+        it has. Only needed before reading providers of the pipeline right after `configure()`."""
+        if not self.enabled:
+            return True
+        return self._ready.wait(max(0.0, timeout))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Export everything recorded so far, waiting at most ``timeout_millis``.
@@ -87,13 +121,20 @@ class Handle:
         asked, whatever state the collector is in.
         """
         deadline = time.monotonic() + max(0, timeout_millis) / 1000.0
-        if self._exports.span_metrics is not None:
-            self._exports.span_metrics.drain()
-        metric_exports = [(e, e.exports_ok, e.exports_failed) for e in self._exports.metric_exporters]
-        calls: list[tuple[Any, tuple[Any, ...]]] = [(p.force_flush, (timeout_millis,)) for p in self._providers()]
+        if not self.enabled:
+            return True
+        if not self._ready.wait(max(0.0, deadline - time.monotonic())) or self._exports is None:
+            return False
+        exports = self._exports
+        if exports.span_metrics is not None:
+            exports.span_metrics.drain()
+        metric_exports = [(e, e.exports_ok, e.exports_failed) for e in exports.metric_exporters]
+        remaining = max(0, int((deadline - time.monotonic()) * 1000))
+        providers = self._providers()
+        calls: list[tuple[Any, tuple[Any, ...]]] = [(p.force_flush, (remaining,)) for p in providers]
         # Each provider honours the timeout itself; the grace covers their last hand-off, not the network.
         results = _run_bounded(calls, deadline + _GRACE_S)
-        ok = all(r is not False for r in results) and len(results) == len(self._providers())
+        ok = all(r is not False for r in results) and len(results) == len(providers)
         for exporter, ok_before, failed_before in metric_exports:
             if exporter.exports_failed != failed_before or exporter.exports_ok == ok_before:
                 ok = False
@@ -107,49 +148,82 @@ class Handle:
         """
         if self._closed:
             # Already shutting down (a SIGTERM arriving during the exit flush): let that flush finish, bounded.
-            self._exports.join(time.monotonic() + max(0.0, timeout))
+            if self._exports is not None:
+                self._exports.join(time.monotonic() + max(0.0, timeout))
+            return
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self.enabled and not self._ready.wait(max(0.0, timeout)) and self._give_up("shut down before"):
             return
         self._closed = True
-        deadline = time.monotonic() + max(0.0, timeout)
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
-        if self.gpu is not None:
-            self.gpu.stop()
+        if self._gpu is not None:
+            self._gpu.stop()
         for server in self._servers:
             server.shutdown()
             server.server_close()
-        self._exports.set_deadline(deadline)
-        calls: list[tuple[Any, tuple[Any, ...]]] = [(p.shutdown, ()) for p in self._providers()]
-        if self.meter_provider is not None:
-            calls[self._providers().index(self.meter_provider)] = (
-                self.meter_provider.shutdown,
+        if self._exports is not None:
+            self._exports.set_deadline(deadline)
+        providers = self._providers()
+        calls: list[tuple[Any, tuple[Any, ...]]] = [(p.shutdown, ()) for p in providers]
+        if self._meter_provider is not None:
+            calls[providers.index(self._meter_provider)] = (
+                self._meter_provider.shutdown,
                 (max(0.0, timeout) * 1000,),
             )
         _run_bounded(calls, deadline + _GRACE_S)
-        self._exports.stop_now()
-        lost = self._exports.accounting.summary()
-        if lost:
-            _export.export_log.warning("otel_vision: shut down; not delivered: %s", lost)
+        if self._exports is not None:
+            from otel_vision._export import export_log
+
+            self._exports.stop_now()
+            lost = self._exports.accounting.summary()
+            if lost:
+                export_log.warning("otel_vision: shut down; not delivered: %s", lost)
+        self._release_runtime()
+
+    def _give_up(self, why: str) -> bool:
+        """The background build will not hand over (`shutdown()` ran out of time waiting, or the build failed): drop
+        what was held, counted in one warning line; a build that ends later stops what it made. ``False`` if it
+        handed over meanwhile."""
+        with self._state:
+            if self._handed_over:
+                return False
+            self._closed = True
+        root = logging.getLogger()
+        for handler in self._log_handlers:
+            root.removeHandler(handler)
+        lost = self._gate.close() if self._gate is not None else 0
+        for pending in (self._early_meter, self._early_logs):
+            if pending is not None:
+                pending.close()
+        logger.warning("otel_vision: %s the pipeline had finished loading; not delivered: %d spans", why, lost)
+        self._release_runtime()
+        return True
+
+    def _release_runtime(self) -> None:
         global _active
-        with _lock:
+        with _lock, self._state:  # after the setup thread's hand-over, never before it
             if _active is self and not self.standalone:
                 _active = None
                 _runtime.install(_runtime.disabled())
 
     def delivery(self) -> dict[str, _export.SignalStats]:
         """What this pipeline delivered and lost so far, per signal (``traces``, ``metrics``, ``logs``)."""
-        return self._exports.accounting.snapshot()
+        self.wait_ready()
+        return self._exports.accounting.snapshot() if self._exports is not None else {}
 
     def _abandon(self) -> None:
         """In a forked child: let go of the parent's pipeline without exporting anything of the parent's."""
-        self._closed = True
+        self._state = threading.Lock()  # another thread of the parent may have held it at the fork
+        with self._state:
+            self._closed = True
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
 
     def _providers(self) -> list[Any]:
-        return [p for p in (self.tracer_provider, self.meter_provider, self.logger_provider) if p is not None]
+        return [p for p in (self.tracer_provider, self._meter_provider, self._logger_provider) if p is not None]
 
 
 def _run_bounded(calls: list[tuple[Any, tuple[Any, ...]]], deadline: float) -> list[Any]:
@@ -223,7 +297,7 @@ _globals_set = False
 _atexit_registered = False
 
 
-def _resource(settings: _config.Settings, gpu: GpuTelemetry | None) -> Resource:
+def _resource(settings: _config.Settings) -> Resource:
     # Our defaults go under everything Resource.create() merges (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME), and
     # the explicit arguments on top: argument > environment > default.
     defaults: dict[str, Any] = {
@@ -235,8 +309,6 @@ def _resource(settings: _config.Settings, gpu: GpuTelemetry | None) -> Resource:
         "process.runtime.name": sys.implementation.name,
         "process.runtime.version": platform.python_version(),
     }
-    if gpu is not None:
-        defaults.update(gpu.resource_attributes())
     explicit: dict[str, Any] = dict(settings.resource_attributes)
     if settings.service_name is not None:
         explicit["service.name"] = settings.service_name
@@ -284,6 +356,8 @@ def _span_exporter(settings: _config.Settings) -> SpanExporter | None:
     if settings.traces_exporter == "none":
         return None
     if settings.traces_exporter == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
         return ConsoleSpanExporter()
     if settings.traces_exporter == "waterfall":
         from otel_vision._console import WaterfallSpanExporter
@@ -320,6 +394,8 @@ def _metric_exporter(settings: _config.Settings) -> MetricExporter | None:
     if settings.metrics_exporter in ("none", "prometheus"):
         return None
     if settings.metrics_exporter == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
         return ConsoleMetricExporter()
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
@@ -334,6 +410,8 @@ def _log_exporter(settings: _config.Settings) -> LogRecordExporter | None:
     if settings.logs_exporter == "none":
         return None
     if settings.logs_exporter == "console":
+        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+
         return ConsoleLogRecordExporter()
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogs
@@ -353,6 +431,8 @@ def _destination(settings: _config.Settings, signal: _config.Signal) -> str:
 
 
 def _export_path(settings: _config.Settings) -> _export.ExportPipeline:
+    from otel_vision import _export
+
     types: dict[str, str] = {}
     servers: dict[str, tuple[str, int]] = {}
     signal: _config.Signal
@@ -393,118 +473,267 @@ def build(
 ) -> Handle:
     """Build a pipeline from `Settings` plus explicit processors and readers, and make it otel_vision's runtime.
 
-    `configure()` passes the OTLP exporters. ``standalone=True`` (used by `otel_vision.testing`) leaves the active
-    pipeline, the OpenTelemetry globals and the exit hook alone; the caller restores the previous runtime itself.
+    On the caller's thread only the tracer provider is built, so spans can be recorded at once; the rest is built by
+    `_complete` on a background thread (see `otel_vision._early` for what is held meanwhile). ``standalone=True``
+    (used by `otel_vision.testing`) builds everything before returning and leaves the active pipeline, the
+    OpenTelemetry globals and the exit hook alone; the caller restores the previous runtime itself. So does a
+    Prometheus pull endpoint: a port already in use must fail ``configure()`` itself.
     """
     global _active, _atexit_registered
     with _lock:
         if _active is not None and not standalone:
             logger.info("otel_vision: configure() called again; shutting the previous pipeline down first")
-            _active.shutdown(_export.exit_timeout())  # bounded like an exit: never the network's pace
+            _active.shutdown(_limits.exit_timeout())  # bounded like an exit: never the network's pace
         if settings.disabled:
             logger.debug("otel_vision: OTEL_SDK_DISABLED is set; telemetry is off")
             return Handle(settings)
 
-        gpu = None
-        if settings.gpu:
-            gpu = GpuTelemetry(
-                interval=settings.gpu_sample_interval,
-                history=settings.gpu_history,
-                track_peak=settings.gpu_peak_memory,
-                cuda=cuda,
-                nvml=nvml,
-            )
-        resource = _resource(settings, gpu)
-        sampler = _sampler(settings)
-
-        exports = _export_path(settings)
-        processors = list(span_processors)
-        exporter = _span_exporter(settings)
-        if exporter is not None:
-            processors.append(exports.span_processor(exporter, _destination(settings, "traces")))
-        limits = _export.span_limits()
+        limits = _limits.span_limits()
         if limits.max_attribute_length is not None:
             _errors.DESCRIPTION_LIMIT = limits.max_attribute_length
-        tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False, span_limits=limits)
-        # First: metrics are taken from every finished span before anything else (GPU waiting, sampling) happens.
-        span_metrics = SpanMetricsProcessor()
-        tracer_provider.add_span_processor(span_metrics)
-        exports.span_metrics = span_metrics
-        # After GPU enrichment and before anything leaves: batch member spans, then tail sampling (which sees them).
-        tail = (
-            TailSampler(processors, settings.tail_sampling_ratio, settings.tail_sampling_latency)
-            if settings.tail_sampling_ratio is not None
-            else None
-        )
-        processors = [BatchFanOut([tail] if tail is not None else processors)]
-        if gpu is not None:
-            gpu_processor = gpu.span_processor(processors)
-            exports.deadline_aware.append(gpu_processor)
-            tracer_provider.add_span_processor(gpu_processor)
-        else:
-            for processor in processors:
-                tracer_provider.add_span_processor(processor)
-
-        readers = list(metric_readers)
-        metric_exporter = _metric_exporter(settings)
-        if metric_exporter is not None:
-            readers.append(
-                PeriodicExportingMetricReader(
-                    exports.metric_exporter(metric_exporter, _destination(settings, "metrics"))
-                )
+        ready = threading.Event()
+        gate = SpanGate(ready, _limits.SETUP_WAIT_S)
+        with _hidden_invalid_variables(settings):
+            resource = _resource(settings)
+            tracer_provider = TracerProvider(
+                resource=resource, sampler=_sampler(settings), shutdown_on_exit=False, span_limits=limits
             )
-        prometheus = _prometheus_endpoint(settings) if settings.metrics_exporter == "prometheus" else None
-        if prometheus is not None:
-            readers.append(prometheus[0])
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
-        meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
-        exports.accounting.bind(meter)
-        instruments = Instruments(meter)
-        if tail is not None:
-            tail.bind(meter)
-        span_metrics.instruments = instruments
-        for processor in exports.deadline_aware:
-            processor.bind(meter)
-        if gpu is not None:
-            gpu.start(meter)
-
-        logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        for log_processor in log_processors:
-            logger_provider.add_log_record_processor(log_processor)
-        log_exporter = _log_exporter(settings)
-        if log_exporter is not None:
-            logger_provider.add_log_record_processor(
-                exports.log_processor(log_exporter, _destination(settings, "logs"))
-            )
-
-        handle = Handle(settings, tracer_provider, meter_provider, logger_provider, gpu, standalone=standalone)
-        handle._exports = exports
+        tracer_provider.add_span_processor(gate)
+        handle = Handle(settings, tracer_provider, standalone=standalone, _ready=ready, _gate=gate)
+        _register_fork_hooks()
+        handle._early_meter = PendingMeter(_runtime.SCOPE)
+        if settings.logs:
+            handle._early_logs = PendingLoggerProvider()
+            _attach_logging(handle, handle._early_logs, settings.log_level)
         handle._rebuild = functools.partial(
             build, settings, span_processors=span_processors, log_processors=log_processors, cuda=cuda, nvml=nvml
         )
-        if prometheus is not None:
-            handle._servers.append(prometheus[1])
-        if settings.logs:
-            _attach_logging(handle, logger_provider, settings.log_level)
+        nvtx = None
+        if settings.nvtx:
+            from otel_vision.gpu._nvtx import NvtxRanges
 
+            nvtx = NvtxRanges()
         _runtime.install(
             _runtime.Runtime(
                 tracer=tracer_provider.get_tracer(_runtime.SCOPE, __version__),
-                instruments=instruments,
-                gpu=gpu.probe if gpu is not None else None,
-                nvtx=NvtxRanges() if settings.nvtx else None,
+                instruments=Instruments(handle._early_meter),
+                nvtx=nvtx,
                 span_metrics=True,
             )
         )
+        complete = functools.partial(
+            _complete, handle, settings, resource, span_processors, metric_readers, log_processors, cuda, nvml
+        )
         if standalone:
+            complete(raise_errors=True)
             return handle
-        _set_globals(tracer_provider, meter_provider, logger_provider)
+        _set_tracer_global(tracer_provider)
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
+            # Interpreter shutdown refuses new thread-pool work before atexit handlers run, and the SDK's imports
+            # use a pool (resource detection): a setup thread still loading must finish first (bounded).
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_finish_setup_at_exit)
             _atexit_registered = True
         _flush_on_sigterm()
         _active = handle
+        if settings.metrics_exporter == "prometheus":
+            try:
+                complete(raise_errors=True)
+            except BaseException:
+                handle._give_up("configure() failed before")
+                handle._ready.set()
+                raise
+        if not handle._ready.is_set():
+            handle._setup_thread = threading.Thread(target=complete, name="otel-vision-setup", daemon=True)
+            handle._setup_thread.start()
         return handle
+
+
+_environ_lock = threading.Lock()
+
+
+@contextmanager
+def _hidden_invalid_variables(settings: _config.Settings) -> Iterator[None]:
+    """`_config.hidden_invalid_variables`, one thread at a time (the caller's and the setup thread's builds)."""
+    with _environ_lock, _config.hidden_invalid_variables(settings):
+        yield
+
+
+def _complete(
+    handle: Handle,
+    settings: _config.Settings,
+    resource: Resource,
+    span_processors: Sequence[SpanProcessor],
+    metric_readers: Sequence[MetricReader],
+    log_processors: Sequence[Any],
+    cuda: CudaBackend | None,
+    nvml: NvmlBackend | None,
+    *,
+    raise_errors: bool = False,
+) -> None:
+    """The rest of the pipeline behind ``handle``'s span gate: exporters, GPU telemetry, the span processors, the
+    meter and logger providers; then hand over what was held and make the full runtime active."""
+    try:
+        built = _build_rest(handle, settings, resource, span_processors, metric_readers, log_processors, cuda, nvml)
+    except Exception:
+        if raise_errors:
+            raise
+        report_internal_error("background build of the telemetry pipeline")
+        handle._give_up("stopped before")
+        handle._ready.set()
+        return
+    targets, exports, meter_provider, logger_provider, gpu, instruments = built
+    with handle._state:
+        if not handle._closed:
+            _hand_over(handle, targets, exports, meter_provider, logger_provider, gpu, instruments)
+    if not handle._handed_over:
+        # shutdown() gave up waiting for this, or the process forked meanwhile: stop what was built, quietly.
+        exports.set_deadline(time.monotonic())
+        exports.stop_now()
+        calls: list[tuple[Any, tuple[Any, ...]]] = [(meter_provider.shutdown, (0,)), (logger_provider.shutdown, ())]
+        calls += [(target.shutdown, ()) for target in targets]
+        _run_bounded(calls, time.monotonic() + _GRACE_S)
+        if gpu is not None:
+            gpu.stop()
+    handle._ready.set()
+
+
+def _hand_over(
+    handle: Handle,
+    targets: list[SpanProcessor],
+    exports: _export.ExportPipeline,
+    meter_provider: MeterProvider,
+    logger_provider: LoggerProvider,
+    gpu: GpuTelemetry | None,
+    instruments: Instruments,
+) -> None:
+    """Called with ``handle._state`` held: publish the pipeline, replay what was held, activate the full runtime."""
+    from otel_vision import _export
+
+    handle._exports = exports
+    handle._meter_provider = meter_provider
+    handle._logger_provider = logger_provider
+    handle._gpu = gpu
+    assert handle._gate is not None and handle._early_meter is not None
+    span_queues = [queue for queue in exports.queues if queue.signal == _export.TRACES]
+    handle._gate.open(targets, span_queues[0].hold_extra if span_queues else None)
+    handle._early_meter.bind(meter_provider.get_meter(_runtime.SCOPE, __version__))
+    if handle._early_logs is not None:
+        handle._early_logs.resolve(logger_provider)
+        for log_handler in handle._log_handlers:
+            if isinstance(log_handler, _logging.ExportingHandler):
+                log_handler.use(logger_provider)
+    # Only the handle's own lock here: configure() may hold the module lock while it waits for this thread.
+    early = _runtime.current()
+    if handle.standalone or _active is handle:
+        _runtime.install(
+            _runtime.Runtime(
+                tracer=early.tracer,
+                instruments=instruments,
+                gpu=gpu.probe if gpu is not None else None,
+                nvtx=early.nvtx,
+                span_metrics=True,
+            )
+        )
+    if not handle.standalone:
+        _set_other_globals(meter_provider, logger_provider)
+    handle._handed_over = True
+
+
+def _build_rest(
+    handle: Handle,
+    settings: _config.Settings,
+    resource: Resource,
+    span_processors: Sequence[SpanProcessor],
+    metric_readers: Sequence[MetricReader],
+    log_processors: Sequence[Any],
+    cuda: CudaBackend | None,
+    nvml: NvmlBackend | None,
+) -> tuple[list[SpanProcessor], _export.ExportPipeline, MeterProvider, LoggerProvider, GpuTelemetry | None, Any]:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from otel_vision._span_metrics import SpanMetricsProcessor
+    from otel_vision._tail import BatchFanOut, TailSampler
+    from otel_vision.gpu import GpuTelemetry
+
+    _logging.wrap_config_functions()
+    gpu = None
+    if settings.gpu:
+        gpu = GpuTelemetry(
+            interval=settings.gpu_sample_interval,
+            history=settings.gpu_history,
+            track_peak=settings.gpu_peak_memory,
+            cuda=cuda,
+            nvml=nvml,
+        )
+    exports = _export_path(settings)
+    with _hidden_invalid_variables(settings):
+        span_exporter = _built("traces", _span_exporter, settings)
+        metric_exporter = _built("metrics", _metric_exporter, settings)
+        log_exporter = _built("logs", _log_exporter, settings)
+
+    processors = list(span_processors)
+    if span_exporter is not None:
+        processors.append(exports.span_processor(span_exporter, _destination(settings, "traces")))
+    # First: metrics are taken from every finished span before anything else (GPU waiting, sampling) happens.
+    span_metrics = SpanMetricsProcessor()
+    exports.span_metrics = span_metrics
+    targets: list[SpanProcessor] = [span_metrics]
+    # After GPU enrichment and before anything leaves: batch member spans, then tail sampling (which sees them).
+    tail = (
+        TailSampler(processors, settings.tail_sampling_ratio, settings.tail_sampling_latency)
+        if settings.tail_sampling_ratio is not None
+        else None
+    )
+    processors = [BatchFanOut([tail] if tail is not None else processors)]
+    if gpu is not None:
+        gpu_processor = gpu.span_processor(processors)
+        exports.deadline_aware.append(gpu_processor)
+        targets.append(gpu_processor)
+    else:
+        targets.extend(processors)
+
+    readers = list(metric_readers)
+    if metric_exporter is not None:
+        readers.append(
+            PeriodicExportingMetricReader(exports.metric_exporter(metric_exporter, _destination(settings, "metrics")))
+        )
+    if settings.metrics_exporter == "prometheus":
+        reader, server = _prometheus_endpoint(settings)
+        readers.append(reader)
+        handle._servers.append(server)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    meter = meter_provider.get_meter(_runtime.SCOPE, __version__)
+    exports.accounting.bind(meter)
+    instruments = Instruments(meter)
+    if tail is not None:
+        tail.bind(meter)
+    span_metrics.instruments = instruments
+    for processor in exports.deadline_aware:
+        processor.bind(meter)
+    if gpu is not None:
+        gpu.start(meter)
+
+    logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    for log_processor in log_processors:
+        logger_provider.add_log_record_processor(log_processor)
+    if log_exporter is not None:
+        logger_provider.add_log_record_processor(exports.log_processor(log_exporter, _destination(settings, "logs")))
+    return targets, exports, meter_provider, logger_provider, gpu, instruments
+
+
+def _built(signal: str, make: Any, settings: _config.Settings) -> Any:
+    """An exporter, or ``None`` with one warning if it cannot be built (that signal is then not exported)."""
+    try:
+        return make(settings)
+    except Exception as exc:
+        logger.warning("otel_vision: the %s exporter could not be built (%s: %s); %s are not exported", signal,
+                       type(exc).__name__, exc, signal)  # fmt: skip
+        return None
 
 
 def _sampler(settings: _config.Settings) -> Sampler:
@@ -522,15 +751,13 @@ def _sampler(settings: _config.Settings) -> Sampler:
     }[settings.sampler]
 
 
-def _attach_logging(handle: Handle, logger_provider: LoggerProvider, level: int) -> None:
+def _attach_logging(handle: Handle, logger_provider: Any, level: int) -> None:
     # otel_vision._logging keeps Python's last-resort printing of warnings and lets a later logging.basicConfig()
     # work as if we were not there.
     handle._log_handlers.extend(_logging.attach(_logging.exporting_handler(logger_provider, level)))
 
 
-def _set_globals(
-    tracer_provider: TracerProvider, meter_provider: MeterProvider, logger_provider: LoggerProvider
-) -> None:
+def _set_tracer_global(tracer_provider: TracerProvider) -> None:
     global _global_tracer_provider, _globals_set
     if _global_tracer_provider is not None:
         _global_tracer_provider.target = tracer_provider
@@ -544,17 +771,44 @@ def _set_globals(
     else:
         _global_tracer_provider = _GlobalTracerProvider(tracer_provider)
         trace.set_tracer_provider(_global_tracer_provider)
+
+
+_other_globals_set = False
+_other_globals_lock = threading.Lock()
+
+
+def _set_other_globals(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> None:
     # Meter and logger providers can be set once per process; after a re-configure(), instruments that other
     # libraries created from the global meter keep the first pipeline (documented in docs/configuration.md). The API
     # itself warns and keeps the existing one if the application set its own.
+    global _other_globals_set
+    with _other_globals_lock:
+        if _other_globals_set:
+            return
+        _other_globals_set = True
+    from opentelemetry import _logs, metrics
+
     metrics.set_meter_provider(meter_provider)
     _logs.set_logger_provider(logger_provider)
+
+
+_exit_started: float | None = None
+
+
+def _finish_setup_at_exit() -> None:
+    global _exit_started
+    _exit_started = time.monotonic()
+    handle = _active
+    if handle is not None and handle._setup_thread is not None:
+        handle._ready.wait(_limits.exit_timeout())
 
 
 def _shutdown_at_exit() -> None:
     handle = _active
     if handle is not None:
-        handle.shutdown(_export.exit_timeout())
+        # One exit timeout in all, counted from when interpreter shutdown began (it may have waited for the setup).
+        spent = time.monotonic() - _exit_started if _exit_started is not None else 0.0
+        handle.shutdown(max(0.0, _limits.exit_timeout() - spent))
 
 
 def _after_fork_in_child() -> None:
@@ -585,7 +839,7 @@ def _finalize_with_process(handle: Handle) -> None:
     """In a new multiprocessing process: flush when it ends, also when its pool terminates it with SIGTERM."""
     import multiprocessing.util
 
-    multiprocessing.util.Finalize(handle, handle.shutdown, args=(_export.exit_timeout(),), exitpriority=100)
+    multiprocessing.util.Finalize(handle, handle.shutdown, args=(_limits.exit_timeout(),), exitpriority=100)
     _flush_on_sigterm()
 
 
@@ -605,7 +859,7 @@ def _flush_then_terminate(signum: int, frame: object) -> None:
     handle = _active
     if handle is not None:
         # On another thread: the signal may have interrupted this thread inside one of our locks.
-        timeout = _export.exit_timeout()
+        timeout = _limits.exit_timeout()
         flusher = threading.Thread(target=handle.shutdown, args=(timeout,), daemon=True)
         flusher.start()
         flusher.join(timeout + 0.5)
@@ -613,8 +867,26 @@ def _flush_then_terminate(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def _before_fork() -> None:
+    """A fork while the setup thread imports would leave the child's import locks held by a thread it does not
+    have: let the setup finish first (bounded)."""
+    handle = _active
+    thread = handle._setup_thread if handle is not None else None
+    if thread is not None and thread is not threading.current_thread():
+        handle._ready.wait(_limits.SETUP_WAIT_S)  # type: ignore[union-attr]
+
+
+_fork_hooks_registered = False
+
+
+def _register_fork_hooks() -> None:
+    """Registered by the first `configure()`, after the resource is created: resource detection imports
+    ``concurrent.futures.thread``, whose own after-fork hook must run before ours (it releases a lock that our
+    rebuild in the child needs; after-fork hooks run in registration order)."""
+    global _fork_hooks_registered
+    if not _fork_hooks_registered and hasattr(os, "register_at_fork"):
+        _fork_hooks_registered = True
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def configure(
@@ -701,8 +973,7 @@ def configure(
         tail_sampling_latency=tail_sampling_latency,
     )
     _config.check_extensions(additional_span_processors, additional_metric_readers)
-    with _config.hidden_invalid_variables(settings):
-        return build(settings, span_processors=additional_span_processors, metric_readers=additional_metric_readers)
+    return build(settings, span_processors=additional_span_processors, metric_readers=additional_metric_readers)
 
 
 def shutdown(timeout: float = 10.0) -> None:

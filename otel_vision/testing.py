@@ -286,7 +286,8 @@ class CapturedTelemetry:
 
     def points(self, metric: str) -> list[Any]:
         """The data points of one metric (histogram, sum or gauge points), collected now."""
-        span_metrics = self.handle._exports.span_metrics
+        exports = self.handle._exports
+        span_metrics = exports.span_metrics if exports is not None else None
         if span_metrics is not None:
             span_metrics.drain()  # duration metrics are recorded from finished spans, off the calling thread
         data = self.metric_reader.get_metrics_data()

@@ -25,21 +25,40 @@ def test_import_is_cheap(run_json) -> None:
     assert loaded == []
 
 
-def test_import_leaves_the_sdk_and_exporters_for_configure(run_json) -> None:
-    """`import otel_vision` and a stage before configure() need only the OpenTelemetry API: the SDK, the exporters
-    and gRPC load with configure() (the import stays cheaper than the SDK's tracer alone)."""
-    loaded = run_json(
+def test_exporters_grpc_and_the_metrics_and_logs_sdks_load_after_configure_returns(run_json) -> None:
+    """`import otel_vision` loads the SDK's tracer and nothing heavier; `configure()` returns without waiting for the
+    exporters, gRPC, protobuf, requests or the metrics and logs SDKs: here their imports are held back on any thread
+    but the main one until after `configure()` returned, which would hang it if it needed them. That what is
+    recorded meanwhile arrives is `test_wire.py`'s first test: its program records right after configure()."""
+    figures = run_json(
         """
-        import json, sys
+        import json, sys, threading
+        heavy = ("opentelemetry.sdk.metrics", "opentelemetry.sdk._logs", "opentelemetry.exporter", "grpc",
+                 "google.protobuf", "requests")
+        released = threading.Event()
+
+        class HoldBack:
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith(heavy) and threading.current_thread() is not threading.main_thread():
+                    released.wait(30)
+                return None
+
+        def loaded():
+            return sorted({".".join(m.split(".")[:3]) for m in sys.modules if m.startswith(heavy)})
+
         import otel_vision
-        with otel_vision.stage("before-configure"):
-            pass
-        heavy = ("opentelemetry.sdk", "opentelemetry.exporter", "grpc", "requests")
-        print(json.dumps(sorted({m.split(".")[0] + "." + m.split(".")[1] if "." in m else m for m in sys.modules
-                                 if m.startswith(heavy)})))
+        after_import = loaded()
+        sys.meta_path.insert(0, HoldBack())
+        handle = otel_vision.configure(service_name="lazy", exporter="otlp", endpoint="http://127.0.0.1:9")
+        after_configure = loaded()
+        released.set()
+        ready = handle.wait_ready(30)
+        print(json.dumps({"import": after_import, "configure": after_configure, "ready": ready, "later": loaded()}))
         """
     )
-    assert loaded == []
+    assert figures["import"] == figures["configure"] == []
+    assert figures["ready"] is True
+    assert {"opentelemetry.exporter.otlp", "grpc", "opentelemetry.sdk.metrics"} <= set(figures["later"])
 
 
 def test_attribute_names_are_unique() -> None:

@@ -156,8 +156,10 @@ def test_spans_flow_again_within_3s_of_a_collector_restart(tmp_path: Path, proto
 
 
 BURST = """
-import asyncio, json, threading, otel_vision
+import asyncio, json, os, threading, otel_vision
 handle = otel_vision.configure(service_name="burst", gpu=False)
+if os.environ["BURST_WHEN"] == "after-ready":
+    handle.wait_ready()
 
 def worker():
     for _ in range(300):
@@ -191,14 +193,16 @@ print(json.dumps({"flushed": ok, "delivered": stats.delivered, "lost": stats.los
 """
 
 
+@pytest.mark.parametrize("when", ["right-after-configure", "after-ready"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_a_burst_of_threads_and_tasks_loses_nothing(tmp_path: Path, protocol: str) -> None:
+def test_a_burst_of_threads_and_tasks_loses_nothing(tmp_path: Path, protocol: str, when: str) -> None:
     """16 threads and 200 asyncio tasks of nested stages (20,400 spans in about a second) all reach the collector
-    with the default queue."""
+    with the default queue: right after configure() returns (while its background part still loads; the first spans
+    are held, then exported first) and once the pipeline is complete (the export thread keeps up with the rest)."""
     rotel = Rotel(tmp_path, verbosity="basic")
     try:
         port = rotel.grpc_port if protocol == "grpc" else rotel.http_port
-        result = run_program(BURST, endpoint_env(protocol, port), timeout=180)
+        result = run_program(BURST, {**endpoint_env(protocol, port), "BURST_WHEN": when}, timeout=180)
         assert result.returncode == 0, result.stderr
         figures = result.last_json()
         expected = 16 * 300 * 3 + 200 * 10 * 3
