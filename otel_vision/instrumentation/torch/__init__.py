@@ -15,7 +15,8 @@ otel_vision.uninstrument_module(model)                                         #
 
 A forward pre-hook and an always-called forward hook per instrumented module, both excluded from ``torch.compile``
 tracing (``torch.compiler.disable``) and both picklable (see ``_hooks``), so an instrumented module can still be
-saved, copied, scripted and traced. Finer spans are opt-in: each costs one span (≈20 µs on a CPU core) per call.
+saved, copied, scripted and traced. Finer spans are opt-in: each costs about one SDK span per call
+(14–60 µs, depending on the CPU; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def instrument_module(
         model: the module.
         name: ``vision.model.name`` (default: the module's class name).
         submodules: names of submodules to trace as well (``"backbone"``, ``"layer4.1"``), or a depth (1: every
-            direct child). Never every leaf by default: each span costs about 20 µs per call.
+            direct child). Never every leaf by default: each span costs about one SDK span per call.
         stage_name: the model span's name and ``vision.stage``.
         nested: trace this module even when it runs inside another instrumented model (default: the outer model's
             span already covers it, so no duplicate span).
