@@ -25,6 +25,8 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import Meter, NoOpMeter
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from otel_vision._errors import report_internal_error
+
 EARLY_SPANS: Final = 4096
 """Ended spans held before the pipeline is complete; the next one waits for it. They are exported first, with room
 of their own beside the span queue (`otel_vision._export.BatchQueue.hold_extra`), so a burst right after
@@ -102,14 +104,19 @@ class SpanGate(SpanProcessor):
             early, self._early = self._early, []
             if make_room is not None:
                 make_room(len(early))
-            for span in early:
-                if span.context is not None:
-                    self._started_early.discard(span.context.span_id)
-                for processor in targets:
-                    processor.on_start(span, None)  # type: ignore[arg-type]
-                for processor in targets:
-                    processor.on_end(span)
-            self._targets = targets
+            try:
+                for span in early:
+                    if span.context is not None:
+                        self._started_early.discard(span.context.span_id)
+                    try:
+                        for processor in targets:
+                            processor.on_start(span, None)  # type: ignore[arg-type]
+                        for processor in targets:
+                            processor.on_end(span)
+                    except Exception:  # as it would have raised into the span's own thread: the next span goes on
+                        report_internal_error("hand-over of a span held before the pipeline was complete")
+            finally:
+                self._targets = targets
 
     def close(self) -> int:
         """The pipeline will not complete: drop what is held; return how many spans were lost in all."""

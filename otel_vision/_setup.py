@@ -587,7 +587,11 @@ def _complete(
     targets, exports, meter_provider, logger_provider, gpu, instruments = built
     with handle._state:
         if not handle._closed:
-            _hand_over(handle, targets, exports, meter_provider, logger_provider, gpu, instruments)
+            try:
+                _hand_over(handle, targets, exports, meter_provider, logger_provider, gpu, instruments)
+            except Exception:  # never leave flush, shutdown and a waiting burst without an answer
+                report_internal_error("hand-over of the telemetry pipeline")
+                handle._handed_over = True
     if not handle._handed_over:
         # shutdown() gave up waiting for this, or the process forked meanwhile: stop what was built, quietly.
         exports.set_deadline(time.monotonic())
@@ -652,6 +656,9 @@ def _build_rest(
     cuda: CudaBackend | None,
     nvml: NvmlBackend | None,
 ) -> tuple[list[SpanProcessor], _export.ExportPipeline, MeterProvider, LoggerProvider, GpuTelemetry | None, Any]:
+    # First, before the heavy imports: until logging.config's functions are wrapped, a dictConfig() would remove
+    # our handler (the application imports logging.config itself only after configure() in this case).
+    _logging.wrap_config_functions()
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -660,7 +667,6 @@ def _build_rest(
     from otel_vision._tail import BatchFanOut, TailSampler
     from otel_vision.gpu import GpuTelemetry
 
-    _logging.wrap_config_functions()
     gpu = None
     if settings.gpu:
         gpu = GpuTelemetry(

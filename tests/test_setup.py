@@ -90,3 +90,37 @@ def test_second_configure_does_not_stack(run_json: Any) -> None:
         """
     )
     assert result == {"first": 0, "second": ["inference", "library.span"]}
+
+
+def test_spans_recorded_before_the_pipeline_is_complete_survive_a_processor_that_raises(run_json: Any) -> None:
+    """Spans ended right after configure() are held until its background part is done, then handed to the span
+    processors in order; a user processor that raises on one of them (as it would raise into that span's own thread)
+    does not stop the others, nor leave flush and shutdown waiting."""
+    result = run_json(
+        """
+        import json, time, otel_vision
+        from opentelemetry.sdk.trace import SpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        class RaisesOnce(SpanProcessor):
+            raised = False
+            def on_end(self, span):
+                if not self.raised:
+                    self.raised = True
+                    raise RuntimeError("a user processor failed")
+
+        memory = InMemorySpanExporter()
+        handle = otel_vision.configure(exporter="none", gpu=False, additional_span_processors=[
+            RaisesOnce(), SimpleSpanProcessor(memory)])
+        for name in ("first", "second", "third"):
+            with otel_vision.stage(name):
+                pass
+        started = time.monotonic()
+        flushed = handle.force_flush(timeout_millis=10000)
+        handle.shutdown(timeout=5)
+        print(json.dumps({"spans": [s.name for s in memory.get_finished_spans()], "flushed": flushed,
+                          "seconds": time.monotonic() - started < 8}))
+        """
+    )
+    assert result == {"spans": ["second", "third"], "flushed": True, "seconds": True}
