@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
-from opentelemetry.metrics import Meter, NoOpMeter
+from opentelemetry.metrics import Meter, MeterProvider, NoOpMeter
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_vision._errors import report_internal_error
@@ -151,7 +151,12 @@ class _PendingInstrument:
     def _take(self, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         real = self._real
         if real is None:
-            if "context" not in kwargs:
+            # (amount, attributes, context), positional or not: the context is taken now, so that a replayed
+            # measurement keeps the caller's trace for its exemplar.
+            if len(args) >= 3:
+                if args[2] is None:
+                    args = (*args[:2], otel_context.get_current(), *args[3:])
+            elif kwargs.get("context") is None:
                 kwargs["context"] = otel_context.get_current()
             real = self._meter._hold(self, operation, args, kwargs)
             if real is None:
@@ -197,6 +202,16 @@ class PendingMeter(NoOpMeter):
     def create_gauge(self, *args: Any, **kwargs: Any) -> Any:
         return self._pending("create_gauge", args, kwargs)
 
+    # Observable instruments record nothing themselves: they are created with their callbacks at `bind`.
+    def create_observable_counter(self, *args: Any, **kwargs: Any) -> Any:
+        return self._pending("create_observable_counter", args, kwargs)
+
+    def create_observable_up_down_counter(self, *args: Any, **kwargs: Any) -> Any:
+        return self._pending("create_observable_up_down_counter", args, kwargs)
+
+    def create_observable_gauge(self, *args: Any, **kwargs: Any) -> Any:
+        return self._pending("create_observable_gauge", args, kwargs)
+
     def _hold(
         self, instrument: _PendingInstrument, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -226,6 +241,40 @@ class PendingMeter(NoOpMeter):
             self.dropped += len(self._held)
             self._held = []
             self._bound = True
+
+
+class PendingMeterProvider(MeterProvider):
+    """The global meter provider from `configure()` on: meters handed out before the pipeline is complete are
+    `PendingMeter` objects, bound to the real provider's meters by `resolve`; later ones come from it directly. So an
+    application's own counter, created and incremented right after ``configure()``, loses nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._meters: list[tuple[PendingMeter, dict[str, Any]]] = []
+        self._real: MeterProvider | None = None
+
+    def get_meter(
+        self,
+        name: str,
+        version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> Meter:
+        arguments = {"name": name, "version": version, "schema_url": schema_url, "attributes": attributes}
+        with self._lock:
+            real = self._real
+            if real is None:
+                meter = PendingMeter(name)
+                self._meters.append((meter, arguments))
+                return meter
+        return real.get_meter(**arguments)
+
+    def resolve(self, provider: MeterProvider) -> None:
+        with self._lock:
+            for meter, arguments in self._meters:
+                meter.bind(provider.get_meter(**arguments))
+            self._meters = []
+            self._real = provider
 
 
 class _PendingLogger:

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
 from otel_vision import _config, _errors, _limits, _logging, _runtime
-from otel_vision._early import PendingLoggerProvider, PendingMeter, SpanGate
+from otel_vision._early import PendingLoggerProvider, PendingMeter, PendingMeterProvider, SpanGate
 from otel_vision._errors import report_internal_error
 from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
@@ -528,6 +528,7 @@ def build(
             complete(raise_errors=True)
             return handle
         _set_tracer_global(tracer_provider)
+        _set_meter_global()
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
             # Interpreter shutdown refuses new thread-pool work before atexit handlers run, and the SDK's imports
@@ -781,6 +782,23 @@ def _set_tracer_global(tracer_provider: TracerProvider) -> None:
 
 _other_globals_set = False
 _other_globals_lock = threading.Lock()
+_global_meter_provider: PendingMeterProvider | None = None
+_meter_global_tried = False
+
+
+def _set_meter_global() -> None:
+    """The global meter provider is set once, at the first `configure()`, to one that holds what is recorded until
+    the first pipeline is complete (see `PendingMeterProvider`); it then forwards to that pipeline's provider."""
+    global _global_meter_provider, _meter_global_tried
+    with _other_globals_lock:
+        if _meter_global_tried:
+            return
+        _meter_global_tried = True
+        from opentelemetry import metrics
+
+        pending = PendingMeterProvider()
+        metrics.set_meter_provider(pending)  # the API keeps one the application set itself, and says so
+        _global_meter_provider = pending if metrics.get_meter_provider() is pending else None
 
 
 def _set_other_globals(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> None:
@@ -792,9 +810,11 @@ def _set_other_globals(meter_provider: MeterProvider, logger_provider: LoggerPro
         if _other_globals_set:
             return
         _other_globals_set = True
-    from opentelemetry import _logs, metrics
+        pending = _global_meter_provider
+    from opentelemetry import _logs
 
-    metrics.set_meter_provider(meter_provider)
+    if pending is not None:
+        pending.resolve(meter_provider)
     _logs.set_logger_provider(logger_provider)
 
 

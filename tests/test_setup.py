@@ -124,3 +124,34 @@ def test_spans_recorded_before_the_pipeline_is_complete_survive_a_processor_that
         """
     )
     assert result == {"spans": ["second", "third"], "flushed": True, "seconds": True}
+
+
+def test_application_metrics_recorded_right_after_configure_are_kept(run_json: Any) -> None:
+    """The global meter provider is set by configure() itself: a library's instrument created before it, an
+    application's counter created and incremented right after it (before its background part is done) and an
+    observable gauge all report, as they did when configure() built everything before returning."""
+    result = run_json(
+        """
+        import json, otel_vision
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        early_lib = metrics.get_meter("lib.before").create_counter("lib.before.count")
+        reader = InMemoryMetricReader()
+        handle = otel_vision.configure(exporter="none", gpu=False, additional_metric_readers=[reader])
+        counter = metrics.get_meter("app").create_counter("app.events")
+        counter.add(1, {"when": "right-after-configure"})
+        early_lib.add(2)
+        metrics.get_meter("app").create_observable_gauge("app.gauge", callbacks=[lambda o: [metrics.Observation(7)]])
+        handle.wait_ready(30)
+        counter.add(1, {"when": "later"})
+        data = reader.get_metrics_data()
+        print(json.dumps({m.name: sorted([dict(p.attributes).get("when", ""), p.value] for p in m.data.data_points)
+                          for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                          if m.name.startswith(("app", "lib"))}))
+        """
+    )
+    assert result == {
+        "lib.before.count": [["", 2]],
+        "app.events": [["later", 1], ["right-after-configure", 1]],
+        "app.gauge": [["", 7]],
+    }
