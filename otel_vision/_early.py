@@ -4,8 +4,9 @@
 protobuf, requests) and the GPU telemetry load on a background thread, about 0.1-0.2 s of imports that the
 application no longer waits for. Until they are ready nothing recorded is lost:
 
-- `SpanGate` is the tracer provider's only span processor. It holds ended spans (at most `EARLY_SPANS`) and hands
-  them to the real processors once they exist, then forwards every span straight to them. A thread that ends more
+- `SpanGate` is the tracer provider's first span processor. It holds ended spans (at most `EARLY_SPANS`) and hands
+  them to the real processors once they exist, then forwards every span straight to them; the application's own
+  processors see every span start live. A thread that ends more
   spans than that before the pipeline is complete waits for it, once and bounded: a burst right after
   ``configure()`` then costs what a synchronous ``configure()`` did, and loses nothing.
 - `PendingMeter` gives `otel_vision._metrics.Instruments` instruments that remember what is recorded (with the
@@ -33,35 +34,27 @@ of their own beside the span queue (`otel_vision._export.BatchQueue.hold_extra`)
 ``configure()`` has the same room as one that comes later."""
 EARLY_RECORDS: Final = 4096
 """Metric measurements and log records held each before the pipeline is complete; later ones are dropped."""
-_MAX_STARTED_EARLY: Final = 16384
 
 
 class SpanGate(SpanProcessor):
     """The tracer provider's first span processor: holds spans until `open`, then forwards to the real processors,
     in order. Processors added to the provider later come after it, as usual."""
 
-    def __init__(self, ready: threading.Event, wait_s: float) -> None:
+    def __init__(self, ready: threading.Event, wait_s: float, starters: Sequence[SpanProcessor] = ()) -> None:
         self._ready = ready
         self._wait_s = wait_s
+        self._starters = tuple(starters)
+        """The application's own processors (``additional_span_processors``): before `open` they see each span start
+        live, on its own thread and with its parent context, as they would without us. Ours do nothing at a start."""
         self._targets: tuple[SpanProcessor, ...] | None = None
         self._early: list[ReadableSpan] = []
-        self._started_early: set[int] = set()
-        """Ids of spans whose start the real processors have not seen (they get it just before their end)."""
         self._lock = threading.Lock()
         self._closed = False
         self.dropped = 0
         """Spans that ended while the pipeline never completed (shut down first, or its build failed)."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        targets = self._targets
-        if targets is None:
-            if len(self._started_early) < _MAX_STARTED_EARLY:
-                self._started_early.add(span.context.span_id)
-            targets = self._targets
-            if targets is None:
-                return
-            self._started_early.discard(span.context.span_id)
-        for processor in targets:
+        for processor in self._targets if self._targets is not None else self._starters:
             processor.on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -70,10 +63,6 @@ class SpanGate(SpanProcessor):
             targets = self._hold(span)
             if targets is None:
                 return
-        if self._started_early and span.context is not None and span.context.span_id in self._started_early:
-            self._started_early.discard(span.context.span_id)
-            for processor in targets:
-                processor.on_start(span, None)  # type: ignore[arg-type]  # an ended span: nothing more to add
         for processor in targets:
             processor.on_end(span)
 
@@ -106,11 +95,7 @@ class SpanGate(SpanProcessor):
                 make_room(len(early))
             try:
                 for span in early:
-                    if span.context is not None:
-                        self._started_early.discard(span.context.span_id)
                     try:
-                        for processor in targets:
-                            processor.on_start(span, None)  # type: ignore[arg-type]
                         for processor in targets:
                             processor.on_end(span)
                     except Exception:  # as it would have raised into the span's own thread: the next span goes on
@@ -235,12 +220,13 @@ class PendingMeter(NoOpMeter):
             for instrument, operation, args, kwargs in held:
                 getattr(instrument._real, operation)(*args, **kwargs)
 
-    def close(self) -> None:
-        """The pipeline will not complete: forget what is held."""
+    def close(self) -> int:
+        """The pipeline will not complete: forget what is held; return how many measurements were lost in all."""
         with self._lock:
             self.dropped += len(self._held)
             self._held = []
             self._bound = True
+            return self.dropped
 
 
 class PendingMeterProvider(MeterProvider):
@@ -269,12 +255,16 @@ class PendingMeterProvider(MeterProvider):
                 return meter
         return real.get_meter(**arguments)
 
-    def resolve(self, provider: MeterProvider) -> None:
+    def resolve(self, provider: MeterProvider) -> int:
+        """Bind every meter handed out so far to ``provider``; return how many measurements were dropped before."""
         with self._lock:
+            dropped = 0
             for meter, arguments in self._meters:
                 meter.bind(provider.get_meter(**arguments))
+                dropped += meter.dropped
             self._meters = []
             self._real = provider
+            return dropped
 
 
 class _PendingLogger:
@@ -318,8 +308,10 @@ class PendingLoggerProvider:
                 provider.get_logger(name).emit(record)
             self._real = provider
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """The pipeline will not complete: forget what is held; return how many records were lost in all."""
         with self._lock:
             self._closed = True
             self.dropped += len(self._held)
             self._held = []
+            return self.dropped

@@ -39,7 +39,12 @@ from otel_vision import attributes as a
 from otel_vision._limits import (  # noqa: F401  # re-exported: the export path's bounds
     DEFAULT_ATTRIBUTE_LENGTH,
     DEFAULT_EXIT_TIMEOUT_S,
+    DEFAULT_EXPORT_TIMEOUT_S,
+    DEFAULT_MAX_EXPORT_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SCHEDULE_DELAY_MS,
     OTEL_VISION_EXIT_TIMEOUT,
+    QueueSettings,
     exit_timeout,
     span_limits,
 )
@@ -57,15 +62,6 @@ METRICS: Final = "metrics"
 LOGS: Final = "logs"
 ITEM_NAMES: Final = {TRACES: "spans", METRICS: "metric points", LOGS: "log records"}
 
-DEFAULT_MAX_QUEUE_SIZE: Final = 16384
-"""Items queued per signal before new ones are dropped (counted): about 5 s of ten 30 fps cameras at ~50 spans per
-frame-second, or a 20-step diffusion burst from 300 concurrent requests. Memory bound: about 1.5 KiB per queued span
-with the default attributes, so ~25 MiB at worst."""
-DEFAULT_MAX_EXPORT_BATCH_SIZE: Final = 512
-DEFAULT_SCHEDULE_DELAY_MS: Final = 500
-"""Half a second (the SDK waits 5 s): a burst starts leaving before it piles up, and a trace reaches the collector
-about as fast as a person opens it."""
-DEFAULT_EXPORT_TIMEOUT_S: Final = 10.0
 MAX_BATCH_BYTES: Final = 3 * 1024 * 1024
 """Estimated encoded size at which a batch is cut: collectors reject gRPC messages over 4 MiB by default."""
 MAX_LOG_BODY_CHARS: Final = 64 * 1024
@@ -504,6 +500,11 @@ class BatchQueue(Generic[Item]):
             self._extra = count
             self._extra_until = self._done + self._in_flight + len(self._queue) + count
 
+    def count_dropped(self, count: int, reason: str) -> None:
+        """Count ``count`` items of this signal lost before they reached the queue (the next flush says so)."""
+        with self._cond:
+            self._settle_dropped(count, reason)
+
     def _settle_dropped(self, count: int, reason: str) -> None:
         # Called with the lock held.
         self._done += count
@@ -805,48 +806,6 @@ class BoundedMetricExporter(MetricExporter):
             self._sender._accounting.failed(METRICS, in_flight[1], "shutdown")
 
 
-# --- configuration read from the standard variables -------------------------------------------------------------
-def _positive_int_env(name: str, default: int, environ: Mapping[str, str]) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        logger.warning(
-            "otel_vision: %s=%r is invalid (not a positive integer); using the default %d", name, raw, default
-        )
-        return default
-    return value
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
-    max_batch_size: int = DEFAULT_MAX_EXPORT_BATCH_SIZE
-    schedule_delay: float = DEFAULT_SCHEDULE_DELAY_MS / 1000
-    export_timeout: float = DEFAULT_EXPORT_TIMEOUT_S
-
-    @classmethod
-    def from_env(cls, prefix: str, export_timeout: float, environ: Mapping[str, str] | None = None) -> QueueSettings:
-        """``prefix`` is ``OTEL_BSP`` (spans) or ``OTEL_BLRP`` (logs); the standard variables keep their meaning."""
-        env = os.environ if environ is None else environ
-        queue = _positive_int_env(f"{prefix}_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE, env)
-        batch = _positive_int_env(f"{prefix}_MAX_EXPORT_BATCH_SIZE", DEFAULT_MAX_EXPORT_BATCH_SIZE, env)
-        if batch > queue:
-            if env.get(f"{prefix}_MAX_EXPORT_BATCH_SIZE", "").strip():
-                logger.warning(
-                    "otel_vision: %s_MAX_EXPORT_BATCH_SIZE=%d is above %s_MAX_QUEUE_SIZE=%d; using %d",
-                    prefix, batch, prefix, queue, queue,
-                )  # fmt: skip
-            batch = queue
-        delay = _positive_int_env(f"{prefix}_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS, env)
-        timeout_ms = _positive_int_env(f"{prefix}_EXPORT_TIMEOUT", int(export_timeout * 1000), env)
-        return cls(queue, batch, delay / 1000, timeout_ms / 1000)
-
-
 @dataclass
 class ExportPipeline:
     """Every export-path object of one pipeline, so a handle can flush, bound and account for them together."""
@@ -861,13 +820,15 @@ class ExportPipeline:
     """Other processors with a ``shutdown_deadline`` attribute (the GPU span processor)."""
     span_metrics: Any = None
     """The processor that records duration metrics from finished spans (drained before each flush)."""
+    queue_settings: Mapping[str, QueueSettings] = field(default_factory=dict)
+    """By prefix (``OTEL_BSP``, ``OTEL_BLRP``): read (and warned about) by `configure()` before it returns."""
 
     def _timeout(self, signal: str) -> float:
         return self.export_timeouts.get(signal, DEFAULT_EXPORT_TIMEOUT_S)
 
     def _queue(self, signal: str, exporter: Any, destination: str, prefix: str, size_of: Any) -> BatchQueue[Any]:
         sender = Sender(signal, exporter, self.accounting, destination=destination)
-        settings = QueueSettings.from_env(prefix, self._timeout(signal))
+        settings = self.queue_settings.get(prefix) or QueueSettings.from_env(prefix, self._timeout(signal))
         queue: BatchQueue[Any] = BatchQueue(
             sender,
             self.accounting,

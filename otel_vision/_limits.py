@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry.sdk.trace import SpanLimits
@@ -14,6 +15,9 @@ logger = logging.getLogger("otel_vision")
 OTEL_VISION_EXIT_TIMEOUT: Final = "OTEL_VISION_EXIT_TIMEOUT"
 """Seconds a program that never calls ``shutdown()`` may spend exporting at exit; default ``2``."""
 DEFAULT_EXIT_TIMEOUT_S: Final = 2.0
+
+
+_warned: set[str] = set()
 
 
 def exit_timeout(environ: Mapping[str, str] | None = None) -> float:
@@ -27,10 +31,12 @@ def exit_timeout(environ: Mapping[str, str] | None = None) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value < float("inf"):
-        logger.warning(
-            "otel_vision: %s=%r is invalid (not a number of seconds >= 0); using the default %s",
-            OTEL_VISION_EXIT_TIMEOUT, raw, DEFAULT_EXIT_TIMEOUT_S,
-        )  # fmt: skip
+        if raw not in _warned:
+            _warned.add(raw)
+            logger.warning(
+                "otel_vision: %s=%r is invalid (not a number of seconds >= 0); using the default %s",
+                OTEL_VISION_EXIT_TIMEOUT, raw, DEFAULT_EXIT_TIMEOUT_S,
+            )  # fmt: skip
         return DEFAULT_EXIT_TIMEOUT_S
     return value
 
@@ -53,3 +59,56 @@ SETUP_WAIT_S: Final = 5.0
 """Longest a thread waits for the background part of `configure()` (it only imports and builds objects, so this is
 a bound for a starved machine, not an expected time): a burst of spans before it is done, `Handle.wait_ready()`,
 ``delivery()``, a fork."""
+
+
+DEFAULT_MAX_QUEUE_SIZE: Final = 16384
+"""Items queued per signal before new ones are dropped (counted): about 5 s of ten 30 fps cameras at ~50 spans per
+frame-second, or a 20-step diffusion burst from 300 concurrent requests. Memory bound: about 1.5 KiB per queued span
+with the default attributes, so ~25 MiB at worst."""
+DEFAULT_MAX_EXPORT_BATCH_SIZE: Final = 512
+DEFAULT_SCHEDULE_DELAY_MS: Final = 500
+"""Half a second (the SDK waits 5 s): a burst starts leaving before it piles up, and a trace reaches the collector
+about as fast as a person opens it."""
+DEFAULT_EXPORT_TIMEOUT_S: Final = 10.0
+
+
+# --- configuration read from the standard variables -------------------------------------------------------------
+def _positive_int_env(name: str, default: int, environ: Mapping[str, str]) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        logger.warning(
+            "otel_vision: %s=%r is invalid (not a positive integer); using the default %d", name, raw, default
+        )
+        return default
+    return value
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    max_batch_size: int = DEFAULT_MAX_EXPORT_BATCH_SIZE
+    schedule_delay: float = DEFAULT_SCHEDULE_DELAY_MS / 1000
+    export_timeout: float = DEFAULT_EXPORT_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, prefix: str, export_timeout: float, environ: Mapping[str, str] | None = None) -> QueueSettings:
+        """``prefix`` is ``OTEL_BSP`` (spans) or ``OTEL_BLRP`` (logs); the standard variables keep their meaning."""
+        env = os.environ if environ is None else environ
+        queue = _positive_int_env(f"{prefix}_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE, env)
+        batch = _positive_int_env(f"{prefix}_MAX_EXPORT_BATCH_SIZE", DEFAULT_MAX_EXPORT_BATCH_SIZE, env)
+        if batch > queue:
+            if env.get(f"{prefix}_MAX_EXPORT_BATCH_SIZE", "").strip():
+                logger.warning(
+                    "otel_vision: %s_MAX_EXPORT_BATCH_SIZE=%d is above %s_MAX_QUEUE_SIZE=%d; using %d",
+                    prefix, batch, prefix, queue, queue,
+                )  # fmt: skip
+            batch = queue
+        delay = _positive_int_env(f"{prefix}_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS, env)
+        timeout_ms = _positive_int_env(f"{prefix}_EXPORT_TIMEOUT", int(export_timeout * 1000), env)
+        return cls(queue, batch, delay / 1000, timeout_ms / 1000)

@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
-from otel_vision import _config, _errors, _limits, _logging, _runtime
+from otel_vision import _config, _early, _errors, _limits, _logging, _runtime
 from otel_vision._early import PendingLoggerProvider, PendingMeter, PendingMeterProvider, SpanGate
 from otel_vision._errors import report_internal_error
 from otel_vision._metrics import Instruments
@@ -152,9 +152,13 @@ class Handle:
                 self._exports.join(time.monotonic() + max(0.0, timeout))
             return
         deadline = time.monotonic() + max(0.0, timeout)
-        if self.enabled and not self._ready.wait(max(0.0, timeout)) and self._give_up("shut down before"):
+        if self.enabled and not self._ready.wait(max(0.0, timeout)) and self._give_up("shut down first"):
             return
         self._closed = True
+        if self._exports is not None and self._exports.span_metrics is not None:
+            # Every span ended so far becomes a metric point before the meter provider takes its last collection
+            # (they shut down in parallel below).
+            self._exports.span_metrics.drain()
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
@@ -193,11 +197,13 @@ class Handle:
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
-        lost = self._gate.close() if self._gate is not None else 0
-        for pending in (self._early_meter, self._early_logs):
-            if pending is not None:
-                pending.close()
-        logger.warning("otel_vision: %s the pipeline had finished loading; not delivered: %d spans", why, lost)
+        spans = self._gate.close() if self._gate is not None else 0
+        logs = measurements = 0
+        if self._early_logs is not None:
+            logs = self._early_logs.close()
+        if self._early_meter is not None:
+            measurements = self._early_meter.close()
+        _say_early_losses(spans, logs, measurements, f"were not delivered ({why})")
         self._release_runtime()
         return True
 
@@ -430,7 +436,9 @@ def _destination(settings: _config.Settings, signal: _config.Signal) -> str:
     return f"{_config.redact_endpoint(settings.endpoint_for(signal))} ({settings.protocol})"
 
 
-def _export_path(settings: _config.Settings) -> _export.ExportPipeline:
+def _export_path(
+    settings: _config.Settings, queue_settings: Mapping[str, _limits.QueueSettings]
+) -> _export.ExportPipeline:
     from otel_vision import _export
 
     types: dict[str, str] = {}
@@ -458,6 +466,7 @@ def _export_path(settings: _config.Settings) -> _export.ExportPipeline:
     return _export.ExportPipeline(
         _export.Accounting(types, servers),
         export_timeouts={signal: settings.timeout_for(signal) for signal in ("traces", "metrics", "logs")},
+        queue_settings=queue_settings,
     )
 
 
@@ -488,11 +497,18 @@ def build(
             logger.debug("otel_vision: OTEL_SDK_DISABLED is set; telemetry is off")
             return Handle(settings)
 
+        # Read now, so that a warning about an invalid variable comes before configure() returns (and before our
+        # log handler is attached: it is not exported), once.
+        queue_settings = {
+            "OTEL_BSP": _limits.QueueSettings.from_env("OTEL_BSP", settings.timeout_for("traces")),
+            "OTEL_BLRP": _limits.QueueSettings.from_env("OTEL_BLRP", settings.timeout_for("logs")),
+        }
+        _limits.exit_timeout()
         limits = _limits.span_limits()
         if limits.max_attribute_length is not None:
             _errors.DESCRIPTION_LIMIT = limits.max_attribute_length
         ready = threading.Event()
-        gate = SpanGate(ready, _limits.SETUP_WAIT_S)
+        gate = SpanGate(ready, _limits.SETUP_WAIT_S, span_processors)
         with _hidden_invalid_variables(settings):
             resource = _resource(settings)
             tracer_provider = TracerProvider(
@@ -522,7 +538,16 @@ def build(
             )
         )
         complete = functools.partial(
-            _complete, handle, settings, resource, span_processors, metric_readers, log_processors, cuda, nvml
+            _complete,
+            handle,
+            settings,
+            resource,
+            queue_settings,
+            span_processors,
+            metric_readers,
+            log_processors,
+            cuda,
+            nvml,
         )
         if standalone:
             complete(raise_errors=True)
@@ -543,7 +568,7 @@ def build(
             try:
                 complete(raise_errors=True)
             except BaseException:
-                handle._give_up("configure() failed before")
+                handle._give_up("configure() failed")
                 handle._ready.set()
                 raise
         if not handle._ready.is_set():
@@ -566,6 +591,7 @@ def _complete(
     handle: Handle,
     settings: _config.Settings,
     resource: Resource,
+    queue_settings: Mapping[str, _limits.QueueSettings],
     span_processors: Sequence[SpanProcessor],
     metric_readers: Sequence[MetricReader],
     log_processors: Sequence[Any],
@@ -577,12 +603,14 @@ def _complete(
     """The rest of the pipeline behind ``handle``'s span gate: exporters, GPU telemetry, the span processors, the
     meter and logger providers; then hand over what was held and make the full runtime active."""
     try:
-        built = _build_rest(handle, settings, resource, span_processors, metric_readers, log_processors, cuda, nvml)
+        built = _build_rest(
+            handle, settings, resource, queue_settings, span_processors, metric_readers, log_processors, cuda, nvml
+        )
     except Exception:
         if raise_errors:
             raise
         report_internal_error("background build of the telemetry pipeline")
-        handle._give_up("stopped before")
+        handle._give_up("its build failed")
         handle._ready.set()
         return
     targets, exports, meter_provider, logger_provider, gpu, instruments = built
@@ -642,15 +670,58 @@ def _hand_over(
                 span_metrics=True,
             )
         )
-    if not handle.standalone:
-        _set_other_globals(meter_provider, logger_provider)
+    global_dropped = _set_other_globals(meter_provider, logger_provider) if not handle.standalone else 0
     handle._handed_over = True
+    early_logs = handle._early_logs.dropped if handle._early_logs is not None else 0
+    _count_early_losses(
+        exports, handle._gate.dropped, early_logs, handle._early_meter.dropped + global_dropped, "were dropped"
+    )
+
+
+def _count_early_losses(exports: _export.ExportPipeline, spans: int, logs: int, measurements: int, what: str) -> str:
+    """Count what was lost before the pipeline was complete (it shows in `delivery()`, the otel.sdk.* counters and the
+    next flush) and say so in one warning line; return the line's list, empty when nothing was lost."""
+    from otel_vision import _export
+
+    queues = {queue.signal: queue for queue in exports.queues}
+    for signal, count in ((_export.TRACES, spans), (_export.LOGS, logs)):
+        if count:
+            queue = queues.get(signal)
+            if queue is not None:
+                queue.count_dropped(count, "queue_full")
+            else:
+                exports.accounting.dropped(signal, count, "queue_full")
+    if measurements:
+        exports.accounting.dropped(_export.METRICS, measurements, "queue_full")
+    return _say_early_losses(spans, logs, measurements, what)
+
+
+def _say_early_losses(spans: int, logs: int, measurements: int, what: str) -> str:
+    from otel_vision._export import export_log
+
+    parts = [
+        f"{count} {singular if count == 1 else plural}"
+        for count, singular, plural in (
+            (spans, "span", "spans"),
+            (logs, "log record", "log records"),
+            (measurements, "measurement", "measurements"),
+        )
+        if count
+    ]
+    if parts:
+        export_log.warning(
+            "otel_vision: %s recorded before the pipeline had finished loading %s (at most %d spans, %d log records "
+            "and %d measurements per meter are held)",
+            ", ".join(parts), what, _early.EARLY_SPANS, _early.EARLY_RECORDS, _early.EARLY_RECORDS,
+        )  # fmt: skip
+    return ", ".join(parts)
 
 
 def _build_rest(
     handle: Handle,
     settings: _config.Settings,
     resource: Resource,
+    queue_settings: Mapping[str, _limits.QueueSettings],
     span_processors: Sequence[SpanProcessor],
     metric_readers: Sequence[MetricReader],
     log_processors: Sequence[Any],
@@ -677,7 +748,7 @@ def _build_rest(
             cuda=cuda,
             nvml=nvml,
         )
-    exports = _export_path(settings)
+    exports = _export_path(settings, queue_settings)
     with _hidden_invalid_variables(settings):
         span_exporter = _built("traces", _span_exporter, settings)
         metric_exporter = _built("metrics", _metric_exporter, settings)
@@ -801,21 +872,21 @@ def _set_meter_global() -> None:
         _global_meter_provider = pending if metrics.get_meter_provider() is pending else None
 
 
-def _set_other_globals(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> None:
+def _set_other_globals(meter_provider: MeterProvider, logger_provider: LoggerProvider) -> int:
+    """Set the global logger provider and bind the global meter provider; return the measurements it dropped."""
     # Meter and logger providers can be set once per process; after a re-configure(), instruments that other
     # libraries created from the global meter keep the first pipeline (documented in docs/configuration.md). The API
     # itself warns and keeps the existing one if the application set its own.
     global _other_globals_set
     with _other_globals_lock:
         if _other_globals_set:
-            return
+            return 0
         _other_globals_set = True
         pending = _global_meter_provider
     from opentelemetry import _logs
 
-    if pending is not None:
-        pending.resolve(meter_provider)
     _logs.set_logger_provider(logger_provider)
+    return pending.resolve(meter_provider) if pending is not None else 0
 
 
 _exit_started: float | None = None

@@ -155,3 +155,92 @@ def test_application_metrics_recorded_right_after_configure_are_kept(run_json: A
         "app.events": [["later", 1], ["right-after-configure", 1]],
         "app.gauge": [["", 7]],
     }
+
+
+def test_own_processors_see_early_spans_start_live(run_json: Any) -> None:
+    """An `additional_span_processors` entry that works at a span's start (adds an attribute, reads the parent
+    context's baggage) does so for spans started right after configure(), before its background part is done,
+    exactly as later: on the span's own thread, with its parent context."""
+    result = run_json(
+        """
+        import json, otel_vision
+        from opentelemetry import baggage, context
+        from opentelemetry.sdk.trace import SpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        class Enrich(SpanProcessor):
+            def on_start(self, span, parent_context=None):
+                span.set_attribute("tenant", str(baggage.get_baggage("tenant", parent_context)))
+
+        memory = InMemorySpanExporter()
+        handle = otel_vision.configure(exporter="none", gpu=False, additional_span_processors=[
+            Enrich(), SimpleSpanProcessor(memory)])
+        token = context.attach(baggage.set_baggage("tenant", "acme"))
+        with otel_vision.request("early-request"):
+            with otel_vision.stage("early-stage"):
+                pass
+        handle.wait_ready(30)
+        with otel_vision.stage("late-stage"):
+            pass
+        context.detach(token)
+        handle.force_flush()
+        print(json.dumps({s.name: s.attributes.get("tenant") for s in memory.get_finished_spans()}))
+        """
+    )
+    assert result == {"early-stage": "acme", "early-request": "acme", "late-stage": "acme"}
+
+
+def test_what_does_not_fit_before_the_pipeline_is_complete_is_counted(run_json: Any) -> None:
+    """More log records and measurements right after configure() than are held (4,096 each) are dropped, and that
+    is counted where users look: `delivery()`, a `False` flush and one warning line."""
+    result = run_json(
+        """
+        import json, logging, sys, threading, otel_vision
+        from opentelemetry import metrics
+        released = threading.Event()
+
+        class HoldBack:  # keeps configure()'s background part loading until the records below are made
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith("opentelemetry.sdk.metrics") and threading.current_thread() is not \
+                        threading.main_thread():
+                    released.wait(30)
+                return None
+
+        sys.meta_path.insert(0, HoldBack())
+        logging.basicConfig(stream=open("/dev/null", "w"))
+        handle = otel_vision.configure(exporter="console", gpu=False)
+        hits = metrics.get_meter("user").create_counter("user.hits")
+        for i in range(5000):
+            logging.getLogger("app").warning("x")
+            hits.add(1)
+        released.set()
+        flushed = handle.force_flush(10000)
+        d = handle.delivery()
+        handle.shutdown(5)
+        print(json.dumps({"flushed": flushed, "logs": d["logs"].dropped, "metrics": d["metrics"].dropped}))
+        """,
+        {"OTEL_METRIC_EXPORT_INTERVAL": "600000"},
+    )
+    assert result == {"flushed": False, "logs": {"queue_full": 904}, "metrics": {"queue_full": 904}}
+
+
+def test_invalid_queue_variables_are_reported_before_configure_returns(run_python: Any) -> None:
+    """Warnings about OTEL_BSP_* / OTEL_BLRP_* / OTEL_VISION_EXIT_TIMEOUT come from configure() itself, once each,
+    and are not exported as log records."""
+    result = run_python(
+        """
+        import sys, otel_vision
+        otel_vision.configure(exporter="console", gpu=False)
+        print("configure returned", file=sys.stderr, flush=True)
+        otel_vision.shutdown(2)
+        """,
+        {"OTEL_BSP_MAX_QUEUE_SIZE": "-5", "OTEL_BLRP_SCHEDULE_DELAY": "x", "OTEL_VISION_EXIT_TIMEOUT": "soon"},
+    )
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    returned = err.index("configure returned")
+    for variable in ("OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BLRP_SCHEDULE_DELAY", "OTEL_VISION_EXIT_TIMEOUT"):
+        assert err.count(f"{variable}=") == 1, err
+        assert err.index(f"{variable}=") < returned, err
+    assert "OTEL_BSP_MAX_QUEUE_SIZE" not in result.stdout  # the console log exporter prints what is exported
