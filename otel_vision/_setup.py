@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
     from otel_vision import _export
     from otel_vision.gpu import CudaBackend, GpuTelemetry, NvmlBackend
+
+    # What `_build_rest` makes: the processors behind the span gate, the export path, the meter and logger
+    # providers, GPU telemetry and the instruments.
+    _Built = tuple[list[SpanProcessor], _export.ExportPipeline, MeterProvider, LoggerProvider, GpuTelemetry | None, Any]
 
 logger = logging.getLogger("otel_vision")
 
@@ -537,8 +541,8 @@ def build(
                 span_metrics=True,
             )
         )
-        complete = functools.partial(
-            _complete,
+        rest = functools.partial(
+            _build_rest,
             handle,
             settings,
             resource,
@@ -549,6 +553,7 @@ def build(
             cuda,
             nvml,
         )
+        complete = functools.partial(_complete, handle, rest)
         if standalone:
             complete(raise_errors=True)
             return handle
@@ -587,25 +592,11 @@ def _hidden_invalid_variables(settings: _config.Settings) -> Iterator[None]:
         yield
 
 
-def _complete(
-    handle: Handle,
-    settings: _config.Settings,
-    resource: Resource,
-    queue_settings: Mapping[str, _limits.QueueSettings],
-    span_processors: Sequence[SpanProcessor],
-    metric_readers: Sequence[MetricReader],
-    log_processors: Sequence[Any],
-    cuda: CudaBackend | None,
-    nvml: NvmlBackend | None,
-    *,
-    raise_errors: bool = False,
-) -> None:
+def _complete(handle: Handle, build_rest: Callable[[], _Built], *, raise_errors: bool = False) -> None:
     """The rest of the pipeline behind ``handle``'s span gate: exporters, GPU telemetry, the span processors, the
     meter and logger providers; then hand over what was held and make the full runtime active."""
     try:
-        built = _build_rest(
-            handle, settings, resource, queue_settings, span_processors, metric_readers, log_processors, cuda, nvml
-        )
+        built = build_rest()
     except Exception:
         if raise_errors:
             raise
@@ -678,9 +669,9 @@ def _hand_over(
     )
 
 
-def _count_early_losses(exports: _export.ExportPipeline, spans: int, logs: int, measurements: int, what: str) -> str:
+def _count_early_losses(exports: _export.ExportPipeline, spans: int, logs: int, measurements: int, what: str) -> None:
     """Count what was lost before the pipeline was complete (it shows in `delivery()`, the otel.sdk.* counters and the
-    next flush) and say so in one warning line; return the line's list, empty when nothing was lost."""
+    next flush) and say so in one warning line."""
     from otel_vision import _export
 
     queues = {queue.signal: queue for queue in exports.queues}
@@ -693,10 +684,10 @@ def _count_early_losses(exports: _export.ExportPipeline, spans: int, logs: int, 
                 exports.accounting.dropped(signal, count, "queue_full")
     if measurements:
         exports.accounting.dropped(_export.METRICS, measurements, "queue_full")
-    return _say_early_losses(spans, logs, measurements, what)
+    _say_early_losses(spans, logs, measurements, what)
 
 
-def _say_early_losses(spans: int, logs: int, measurements: int, what: str) -> str:
+def _say_early_losses(spans: int, logs: int, measurements: int, what: str) -> None:
     from otel_vision._export import export_log
 
     parts = [
@@ -714,7 +705,6 @@ def _say_early_losses(spans: int, logs: int, measurements: int, what: str) -> st
             "and %d measurements per meter are held)",
             ", ".join(parts), what, _early.EARLY_SPANS, _early.EARLY_RECORDS, _early.EARLY_RECORDS,
         )  # fmt: skip
-    return ", ".join(parts)
 
 
 def _build_rest(
@@ -727,7 +717,7 @@ def _build_rest(
     log_processors: Sequence[Any],
     cuda: CudaBackend | None,
     nvml: NvmlBackend | None,
-) -> tuple[list[SpanProcessor], _export.ExportPipeline, MeterProvider, LoggerProvider, GpuTelemetry | None, Any]:
+) -> _Built:
     # First, before the heavy imports: until logging.config's functions are wrapped, a dictConfig() would remove
     # our handler (the application imports logging.config itself only after configure() in this case).
     _logging.wrap_config_functions()
