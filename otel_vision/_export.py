@@ -42,6 +42,7 @@ from otel_vision._limits import (  # noqa: F401  # re-exported: the export path'
     DEFAULT_EXPORT_TIMEOUT_S,
     DEFAULT_MAX_EXPORT_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_MAX_SPAN_QUEUE_SIZE,
     DEFAULT_SCHEDULE_DELAY_MS,
     OTEL_VISION_EXIT_TIMEOUT,
     QueueSettings,

@@ -62,9 +62,13 @@ a bound for a starved machine, not an expected time): a burst of spans before it
 
 
 DEFAULT_MAX_QUEUE_SIZE: Final = 16384
-"""Items queued per signal before new ones are dropped (counted): about 5 s of ten 30 fps cameras at ~50 spans per
-frame-second, or a 20-step diffusion burst from 300 concurrent requests. Memory bound: about 1.5 KiB per queued span
-with the default attributes, so ~25 MiB at worst."""
+"""Log records queued before new ones are dropped (counted)."""
+DEFAULT_MAX_SPAN_QUEUE_SIZE: Final = 32768
+"""Spans queued before new ones are dropped (counted): the fault suite's burst (16 threads and 200 asyncio tasks,
+20,400 spans in about a second, right after start-up or later) with room to spare, since the export thread, which
+shares the GIL with the threads making the spans, may drain little while the burst lasts; about 5 s of ten 30 fps
+cameras at ~100 spans per frame-second. Memory bound: about 1.5 KiB per queued span with the default attributes, so
+~50 MiB at worst."""
 DEFAULT_MAX_EXPORT_BATCH_SIZE: Final = 512
 DEFAULT_SCHEDULE_DELAY_MS: Final = 500
 """Half a second (the SDK waits 5 s): a burst starts leaving before it piles up, and a trace reaches the collector
@@ -100,7 +104,8 @@ class QueueSettings:
     def from_env(cls, prefix: str, export_timeout: float, environ: Mapping[str, str] | None = None) -> QueueSettings:
         """``prefix`` is ``OTEL_BSP`` (spans) or ``OTEL_BLRP`` (logs); the standard variables keep their meaning."""
         env = os.environ if environ is None else environ
-        queue = _positive_int_env(f"{prefix}_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE, env)
+        default = DEFAULT_MAX_SPAN_QUEUE_SIZE if prefix == "OTEL_BSP" else DEFAULT_MAX_QUEUE_SIZE
+        queue = _positive_int_env(f"{prefix}_MAX_QUEUE_SIZE", default, env)
         batch = _positive_int_env(f"{prefix}_MAX_EXPORT_BATCH_SIZE", DEFAULT_MAX_EXPORT_BATCH_SIZE, env)
         if batch > queue:
             if env.get(f"{prefix}_MAX_EXPORT_BATCH_SIZE", "").strip():
