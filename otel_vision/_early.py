@@ -53,6 +53,14 @@ class SpanGate(SpanProcessor):
         self.dropped = 0
         """Spans that ended while the pipeline never completed (shut down first, or its build failed)."""
 
+    @property
+    def starts_nothing(self) -> bool:
+        """Whether a span start means nothing to any processor behind the gate (`otel_vision._light`): ours never do
+        anything there, and the application's own are the `starters`."""
+        from otel_vision._light import starts_nothing
+
+        return all(map(starts_nothing, self._starters))
+
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         for processor in self._targets if self._targets is not None else self._starters:
             processor.on_start(span, parent_context)

@@ -17,6 +17,7 @@ from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
 
 if TYPE_CHECKING:
+    from otel_vision._light import LightSpans
     from otel_vision.gpu._nvtx import NvtxRanges
     from otel_vision.gpu._spans import SpanGpuProbe
 
@@ -33,6 +34,8 @@ class Runtime:
     nvtx: NvtxRanges | None = None
     span_metrics: bool = False
     """``True`` when the pipeline records duration metrics from finished spans (off the inference thread)."""
+    light: LightSpans | None = None
+    """Makes stage spans under a sampled parent without the SDK tracer's per-span work, when nothing can tell."""
 
 
 def _from_globals() -> Runtime:

@@ -28,10 +28,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel_vision import _config, _early, _errors, _limits, _logging, _runtime
 from otel_vision._early import PendingLoggerProvider, PendingMeter, PendingMeterProvider, SpanGate
 from otel_vision._errors import report_internal_error
+from otel_vision._light import LightSpans, SpanProcessors
 from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
 
@@ -513,12 +515,21 @@ def build(
             _errors.DESCRIPTION_LIMIT = limits.max_attribute_length
         ready = threading.Event()
         gate = SpanGate(ready, _limits.SETUP_WAIT_S, span_processors)
+        sampler = _sampler(settings)
+        follows_sampled_parent = isinstance(sampler, ParentBased) or sampler is ALWAYS_ON
+        processors = SpanProcessors(LightSpans.usable(follows_sampled_parent, span_processors))
         with _hidden_invalid_variables(settings):
             resource = _resource(settings)
             tracer_provider = TracerProvider(
-                resource=resource, sampler=_sampler(settings), shutdown_on_exit=False, span_limits=limits
+                resource=resource,
+                sampler=sampler,
+                shutdown_on_exit=False,
+                active_span_processor=processors,
+                span_limits=limits,
             )
         tracer_provider.add_span_processor(gate)
+        scope = InstrumentationScope(_runtime.SCOPE, __version__)
+        light = LightSpans(processors, resource, sampler, limits, tracer_provider.id_generator, scope)
         handle = Handle(settings, tracer_provider, standalone=standalone, _ready=ready, _gate=gate)
         _register_fork_hooks()
         handle._early_meter = PendingMeter(_runtime.SCOPE)
@@ -539,6 +550,7 @@ def build(
                 instruments=Instruments(handle._early_meter),
                 nvtx=nvtx,
                 span_metrics=True,
+                light=light,
             )
         )
         rest = functools.partial(
@@ -659,6 +671,7 @@ def _hand_over(
                 gpu=gpu.probe if gpu is not None else None,
                 nvtx=early.nvtx,
                 span_metrics=True,
+                light=early.light,
             )
         )
     global_dropped = _set_other_globals(meter_provider, logger_provider) if not handle.standalone else 0

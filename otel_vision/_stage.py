@@ -17,6 +17,7 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_vision import _runtime
 from otel_vision._errors import describe_exception, error_type, report_internal_error
+from otel_vision._light import LightSpans
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
     CUDA_OOM,
@@ -122,7 +123,7 @@ class stage:
         kind: the span kind (``SpanKind.SERVER`` for a request handler, for example).
     """
 
-    __slots__ = ("_attributes", "_cv", "_kind", "_metric_attrs", "name")
+    __slots__ = ("_attributes", "_cv", "_kind", "_light_attributes", "_metric_attrs", "name")
 
     _links: Sequence[Link] | None = None
     """Links given to the span at its start (`batch` sets them; a plain stage has none)."""
@@ -141,13 +142,25 @@ class stage:
         self._attributes: dict[str, AttributeValue] = {VISION_STAGE: name, **(attributes or {})}
         self._cv: ContextVar[_Active] | None = None
         self._metric_attrs: tuple[Instruments, dict[str, AttributeValue]] | None = None
+        self._light_attributes: tuple[LightSpans, dict[str, AttributeValue] | None] | None = None
+        """The attributes cleaned for `_runtime.Runtime.light`'s spans (``None`` in the pair: they need the SDK)."""
 
     # --- the two halves every form shares ---------------------------------------------------------------------
     def _start(self, parent: context.Context | None) -> _Active:
         runtime = _runtime._current
-        span = runtime.tracer.start_span(
-            self.name, context=parent, kind=self._kind, attributes=self._attributes, links=self._links
-        )
+        light = runtime.light
+        span: Span | None = None
+        if light is not None and self._links is None:
+            # Under a sampled parent our pipeline makes the span itself (otel_vision._light): same span, less work.
+            cleaned = self._light_attributes
+            if cleaned is None or cleaned[0] is not light:
+                cleaned = self._light_attributes = (light, light.clean(self._attributes))
+            if cleaned[1] is not None:
+                span = light.start(self.name, parent, self._kind, cleaned[1].copy())
+        if span is None:
+            span = runtime.tracer.start_span(
+                self.name, context=parent, kind=self._kind, attributes=self._attributes, links=self._links
+            )
         gpu = None
         if runtime.gpu is not None and span.is_recording():
             gpu = runtime.gpu.start()
