@@ -378,22 +378,28 @@ class LightSpan(trace.Span):
                 return
             self._end_time = end = end_time if end_time is not None else time_ns()
         maker = self._maker
-        maker.processors.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=maker.resource,
-                attributes=self._attributes,
-                events=self._events if self._events is not None else (),
-                links=self._links if self._links is not None else (),
-                kind=self._kind,
-                status=self._status,
-                start_time=self._start_time,
-                end_time=end,
-                instrumentation_scope=maker.scope,
+        try:
+            maker.processors.on_end(
+                ReadableSpan(
+                    name=self._name,
+                    context=self._context,
+                    parent=self._parent,
+                    resource=maker.resource,
+                    attributes=self._attributes,
+                    events=self._events if self._events is not None else (),
+                    links=self._links if self._links is not None else (),
+                    kind=self._kind,
+                    status=self._status,
+                    start_time=self._start_time,
+                    end_time=end,
+                    instrumentation_scope=maker.scope,
+                )
             )
-        )
+        except BaseException:
+            # At the recursion limit the processors can fail on the way: `stage()` ends the span again later, when
+            # there is room, so it must still be open then (a processor reached before the failure sees it twice).
+            self._end_time = None
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
