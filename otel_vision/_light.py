@@ -80,18 +80,33 @@ def _no_ops() -> set[Any]:
     return no_ops
 
 
-def _fits(limits: SpanLimits, held: int, attributes: Mapping[str, types.AnyValue]) -> bool:
-    """Whether ``attributes`` can be added to ``held`` attributes as they are: plain values, valid keys, nothing to
-    truncate, within the count limit (what the SDK would keep unchanged, and silently)."""
-    if limits.max_span_attributes is not None and held + len(attributes) > limits.max_span_attributes:
-        return False
-    max_length = limits.max_span_attribute_length
+def _as_kept(
+    count_limit: int | None, max_length: int | None, held: int, attributes: Mapping[str, types.AnyValue]
+) -> dict[str, types.AnyValue] | None:
+    """``attributes`` as the SDK keeps them when it keeps them unchanged and silently (valid keys; plain values, or
+    sequences of plain values, which become tuples; nothing longer than ``max_length``; at most ``count_limit`` with
+    ``held`` more); ``None`` when the SDK would change or drop something (and warn)."""
+    if count_limit is not None and held + len(attributes) > count_limit:
+        return None
+    kept: dict[str, types.AnyValue] = {}
     for key, value in attributes.items():
-        if type(key) is not str or not key or type(value) not in _PLAIN:
-            return False
-        if max_length is not None and type(value) is str and len(value) > max_length:
-            return False
-    return True
+        if type(key) is not str or not key:
+            return None
+        kind = type(value)
+        if kind in _PLAIN:
+            if max_length is not None and kind is str and len(value) > max_length:  # type: ignore[arg-type]
+                return None
+        elif kind is tuple or kind is list:
+            for item in value:  # type: ignore[union-attr]
+                if type(item) not in _PLAIN or (
+                    max_length is not None and type(item) is str and len(item) > max_length
+                ):
+                    return None
+            value = tuple(value)  # type: ignore[arg-type]
+        else:
+            return None
+        kept[key] = value
+    return kept
 
 
 class SpanProcessors(SynchronousMultiSpanProcessor):
@@ -138,12 +153,10 @@ class LightSpans:
         return follows_sampled_parent and not internal_metrics and all(map(starts_nothing, user_processors))
 
     def clean(self, attributes: Mapping[str, types.AnyValue]) -> dict[str, types.AnyValue] | None:
-        """``attributes`` as a span holds them, when they are plain values the SDK keeps as they are (no sequence,
-        nothing to truncate or drop, within the count limit); ``None`` otherwise: then the SDK makes the span, and
-        cleans and warns as it does."""
-        if not _fits(self.limits, 0, attributes):
-            return None
-        return dict(attributes)
+        """``attributes`` as a span holds them, when the SDK would keep them unchanged (`_as_kept`); ``None``
+        otherwise: then the SDK makes the span, and cleans and warns as it does."""
+        limits = self.limits
+        return _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, 0, attributes)
 
     def start(
         self, name: str, parent: otel_context.Context | None, kind: SpanKind, attributes: dict[str, types.AnyValue]
@@ -273,9 +286,12 @@ class LightSpan(trace.Span):
                 logger.warning("Setting attribute on ended span.")
                 return
             held = self._attributes
-            if type(held) is dict and _fits(self._maker.limits, len(held), attributes):
-                held.update(attributes)
-                return
+            if type(held) is dict:
+                limits = self._maker.limits
+                kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), attributes)
+                if kept is not None:
+                    held.update(kept)
+                    return
             bounded = self._bounded()
             set_items = getattr(bounded, "_set_items", None)  # what the SDK span calls (same cleaning, same warnings)
             if set_items is not None:
@@ -293,10 +309,14 @@ class LightSpan(trace.Span):
 
     def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
         limits = self._maker.limits
-        bounded = BoundedAttributes(
-            limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
-        )
-        event = Event(name=name, attributes=bounded, timestamp=timestamp)
+        kept = _as_kept(limits.max_event_attributes, limits.max_attribute_length, 0, attributes or {})
+        if kept is not None:  # what the SDK would keep, read-only as there
+            event = Event(name=name, attributes=MappingProxyType(kept), timestamp=timestamp)
+        else:
+            bounded = BoundedAttributes(
+                limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
+            )
+            event = Event(name=name, attributes=bounded, timestamp=timestamp)
         with self._lock:
             if self._end_time is None:
                 if self._events is None:

@@ -78,10 +78,10 @@ def test_nested_stages_and_a_request(vision_telemetry: CapturedTelemetry) -> Non
     def scenario() -> None:
         with otel_vision.request("predict", attributes={"vision.model.name": "m"}) as root:
             made.append(type(root).__name__)
-            with otel_vision.stage("preprocess", attributes={"vision.batch.size": 4}) as span:
+            with otel_vision.stage("preprocess", attributes={"vision.batch.size": 4, "shapes": ["f32[1,3]"]}) as span:
                 made.append(type(span).__name__)
                 made.append(type(trace.get_current_span()).__name__)
-            with otel_vision.stage("inference", attributes={"tags": ["a", "b"]}) as span:  # a sequence: the SDK's
+            with otel_vision.stage("inference", attributes={"tags": ["a", None]}) as span:  # None inside: the SDK's
                 made.append(type(span).__name__)
                 with otel_vision.stage("layer"):
                     pass
@@ -90,8 +90,8 @@ def test_nested_stages_and_a_request(vision_telemetry: CapturedTelemetry) -> Non
     assert made == ["LightSpan", "LightSpan", "LightSpan", "_Span"] + ["_Span"] * 4
     assert light == sdk
     assert [s["name"] for s in light] == ["preprocess", "layer", "inference", "predict"]
-    assert light[0]["attributes"] == {"vision.stage": "preprocess", "vision.batch.size": 4}
-    assert light[2]["attributes"]["tags"] == ("a", "b")
+    assert light[0]["attributes"] == {"vision.stage": "preprocess", "vision.batch.size": 4, "shapes": ("f32[1,3]",)}
+    assert light[2]["attributes"]["tags"] == ("a", None)
     assert light[0]["flags"] == TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
 
 
