@@ -1,22 +1,24 @@
-"""Child spans of a sampled span, made without the SDK tracer's per-span machinery.
+"""Spans made without the SDK tracer's per-span machinery, when nothing can tell the difference.
 
 A stage inside a traced request (YOLO's preprocess, inference and postprocess, each diffusion step, each instrumented
-module call) starts under a parent that is already sampled. For such a span the SDK's ``Tracer.start_span`` and
-``Span.end`` do a lot that cannot change the outcome: ask the sampler (which, for the samplers `configure()` builds,
-follows a sampled parent), build a `BoundedAttributes` (its own lock, every value cleaned again), an events list, a
-links list, a lock, call every processor's ``on_start`` (none of ours does anything there). Right after a model's
-compute that code runs cache-cold and costs two to three times what it costs in a loop.
+module call) starts under a parent that is already sampled. For such a span the SDK's ``Tracer.start_span`` does a
+lot that cannot change the outcome: ask the sampler (which, for the samplers `configure()` builds, follows a sampled
+parent), build a `BoundedAttributes` (its own lock, every value cleaned again), an events list and a links list,
+call every processor's ``on_start`` (none of ours does anything there). Right after a model's compute that code runs
+cache-cold and costs two to three times what it costs in a loop.
 
-`LightSpans.start` makes the same span for less: the same span context rules (trace id and flags of the parent,
-a span id from the provider's id generator, the parent's trace state), attributes cleaned once per stage, and at the
-end the same `ReadableSpan` handed to the same processors, in the same order. `LightSpan` is a full recording span:
-what user code does to the current span (attributes, events, links, status, exceptions, a new name) behaves as on an
-SDK span, with the same limits and the same warnings.
+`LightSpans.start` makes the same span for less. `LightSpan` *is* an SDK span (a subclass of
+``opentelemetry.sdk.trace.Span``, so ``isinstance`` checks, ``resource``, ``events``, ``to_json()`` and every method
+behave as on any other): it is set up without the SDK's constructor, keeps plain attributes in a dict until something
+needs the SDK's cleaning or limits, and creates its events and links lists on first use. The span context follows the
+SDK's rules (the sampler decides a root; a child of a sampled span gets the parent's trace id, flags and trace state
+and a span id from the provider's id generator), and at the end the same `ReadableSpan` goes to the same processors.
 
 It is used only when that makes no difference anyone can see: our own tracer provider, a sampler that follows a
-sampled parent, every span processor one that does nothing at a span's start (ours, and the SDK's simple and batch
-processors), no SDK self-metrics. Anything else (a root span, an unsampled or invalid parent, a stage whose
-attributes need cleaning, a processor added later that acts at the start) takes the SDK's path.
+sampled parent, span processors that do nothing at a span's start (ours, and the SDK's simple and batch processors;
+a processor added later that acts at the start switches it off), no SDK self-metrics, and an SDK whose span has
+exactly the fields this module was written against (`sdk_span_fields_known`). Anything else (an unsampled parent,
+a stage whose attributes need cleaning) takes the SDK's path.
 """
 
 from __future__ import annotations
@@ -25,22 +27,19 @@ import logging
 import os
 import sys
 import threading
-import traceback
 from collections.abc import Mapping, Sequence
 from time import time_ns
-from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
-    Event,
-    ReadableSpan,
+    Span,
     SpanLimits,
     SpanProcessor,
     SynchronousMultiSpanProcessor,
+    Tracer,
 )
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import Sampler
@@ -52,27 +51,59 @@ from opentelemetry.util import types
 logger = logging.getLogger("opentelemetry.sdk.trace")
 """The SDK span's logger: a misuse of a light span warns where the same misuse of an SDK span does."""
 
-_PLAIN: Final = frozenset({str, int, float, bool})
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _SAMPLED_RANDOM: Final = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _INTERNAL_METRICS: Final = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+_UNSET: Final = Status(StatusCode.UNSET)
+_SDK_SPAN_FIELDS: Final = frozenset(
+    {
+        "_attributes", "_context", "_end_time", "_events", "_instrumentation_info", "_instrumentation_scope", "_kind",
+        "_limits", "_links", "_lock", "_name", "_parent", "_record_end_metrics", "_record_exception", "_resource",
+        "_sampler", "_set_status_on_exception", "_span_processor", "_start_time", "_status", "_trace_config",
+    }
+)  # fmt: skip
+"""What an SDK span holds (opentelemetry-sdk 1.45): a `LightSpan` sets exactly these, so every inherited method finds
+what it reads."""
 
 
-def starts_nothing(processor: SpanProcessor) -> bool:
+def sdk_span_fields_known() -> bool:
+    """Whether this SDK's span holds exactly `_SDK_SPAN_FIELDS` (checked once per pipeline, on a throwaway span of a
+    throwaway provider): another SDK version gets the SDK's own path until this module is checked against it."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    try:
+        probe = TracerProvider(shutdown_on_exit=False).get_tracer("otel_vision.probe").start_span("probe")
+        return set(vars(probe)) == _SDK_SPAN_FIELDS
+    except Exception:
+        return False
+
+
+_PLAIN: Final = frozenset({str, int, float, bool})
+
+
+def starts_nothing(processor: object) -> bool:
     """Whether ``processor`` does nothing when a span starts (and nothing while it ends), so a span made without
-    calling it there is the same to it."""
-    if getattr(processor, "starts_nothing", False) is True:  # ours say so (`otel_vision._early.SpanGate`)
-        return True
-    cls = type(processor)
-    no_ops = _no_ops()
-    return cls.on_start in no_ops and getattr(cls, "_on_ending", None) in no_ops
+    calling it there is the same to it. Anything unusual (methods set on the instance, a class that forwards them
+    through ``__getattr__``) counts as acting."""
+    try:
+        if getattr(processor, "starts_nothing", False) is True:  # ours say so (`otel_vision._early.SpanGate`)
+            return True
+        own = getattr(processor, "__dict__", {})
+        if "on_start" in own or "_on_ending" in own:
+            return False
+        cls = type(processor)
+        on_start, on_ending = getattr(cls, "on_start", None), getattr(cls, "_on_ending", None)
+        no_ops = _no_ops()
+        return on_start is not None and on_start in no_ops and (on_ending is None or on_ending in no_ops)
+    except Exception:
+        return False
 
 
 def _no_ops() -> set[Any]:
     """``on_start`` and ``_on_ending`` methods known to do nothing: the base class's, and the SDK's simple and batch
     processors' (their module is loaded once anyone has one; we do not load it for this)."""
     base = SpanProcessor
-    no_ops: set[Any] = {None, base.on_start, getattr(base, "_on_ending", None)}
+    no_ops: set[Any] = {base.on_start, getattr(base, "_on_ending", None)}
     export = sys.modules.get("opentelemetry.sdk.trace.export")
     if export is not None:
         for cls in (export.SimpleSpanProcessor, export.BatchSpanProcessor):
@@ -117,40 +148,46 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
         super().__init__()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
         self.light = light
 
-    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:  # also what TracerProvider's calls
         if not starts_nothing(span_processor):
             self.light = False
         super().add_span_processor(span_processor)
 
 
 class LightSpans:
-    """Starts `LightSpan` children for one tracer provider (see the module docstring for when)."""
+    """Starts `LightSpan` objects for one tracer (see the module docstring for when)."""
 
-    __slots__ = ("limits", "new_span_id", "new_trace_id", "processors", "random", "resource", "sampler", "scope")
+    __slots__ = ("limits", "new_span_id", "new_trace_id", "processors", "random", "sampler", "scope", "tracer")
 
     def __init__(
         self,
         processors: SpanProcessors,
-        resource: Resource,
+        tracer: Tracer,
+        scope: InstrumentationScope,
         sampler: Sampler,
         limits: SpanLimits,
         id_generator: IdGenerator,
-        scope: InstrumentationScope,
     ) -> None:
         self.processors = processors
-        self.sampler = sampler
-        self.new_trace_id = id_generator.generate_trace_id
-        self.random = id_generator.is_trace_id_random()
-        self.resource = resource
-        self.limits = limits
-        self.new_span_id = id_generator.generate_span_id
+        self.tracer = tracer
         self.scope = scope
+        """The tracer's instrumentation scope (equal to the one the SDK gives its spans)."""
+        self.sampler = sampler
+        self.limits = limits
+        self.new_trace_id = id_generator.generate_trace_id
+        self.new_span_id = id_generator.generate_span_id
+        self.random = id_generator.is_trace_id_random()
 
     @classmethod
     def usable(cls, follows_sampled_parent: bool, user_processors: Sequence[SpanProcessor]) -> bool:
         """Whether a provider built with these settings may make light spans at all."""
         internal_metrics = os.environ.get(_INTERNAL_METRICS, "").strip().lower() == "true"
-        return follows_sampled_parent and not internal_metrics and all(map(starts_nothing, user_processors))
+        return (
+            follows_sampled_parent
+            and not internal_metrics
+            and all(map(starts_nothing, user_processors))
+            and sdk_span_fields_known()
+        )
 
     def clean(self, attributes: Mapping[str, types.AnyValue]) -> dict[str, types.AnyValue] | None:
         """``attributes`` as a span holds them, when the SDK would keep them unchanged (`_as_kept`); ``None``
@@ -174,16 +211,16 @@ class LightSpans:
             span_context = SpanContext(
                 parent_context.trace_id, self.new_span_id(), False, flags, parent_context.trace_state
             )
-            return LightSpan(self, name, span_context, parent_context, kind, attributes, time_ns())
+            return LightSpan(self, name, span_context, parent_context, kind, attributes)
         # A root: the sampler decides, as in the SDK (same arguments, same flags).
         trace_id = self.new_trace_id()
-        result = self.sampler.should_sample(parent, trace_id, name, kind, attributes, None)
+        result = self.sampler.should_sample(parent, trace_id, name, kind, attributes, ())
         sampled = result.decision.is_sampled()  # type: ignore[no-untyped-call]  # unannotated in the SDK
         flags = TraceFlags((TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if self.random else 0))
         span_context = SpanContext(trace_id, self.new_span_id(), False, flags, result.trace_state)
         if not result.decision.is_recording():  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
             return trace.NonRecordingSpan(span_context)
-        span = LightSpan(self, name, span_context, None, kind, attributes, time_ns())
+        span = LightSpan(self, name, span_context, None, kind, attributes)
         if result.attributes != attributes:  # the sampler's attributes are the span's (ours pass them through)
             span._attributes = self.bounded(result.attributes)
         return span
@@ -196,25 +233,11 @@ class LightSpans:
         )
 
 
-class LightSpan(trace.Span):
-    """A recording span that ends as the same `ReadableSpan` an SDK span would (see the module docstring)."""
+class LightSpan(Span):
+    """An SDK span set up without the SDK's constructor (see the module docstring); every method not defined here is
+    the SDK's own."""
 
-    __slots__ = (
-        "_attributes",
-        "_context",
-        "_end_time",
-        "_events",
-        "_kind",
-        "_links",
-        "_lock",
-        "_maker",
-        "_name",
-        "_parent",
-        "_start_time",
-        "_status",
-    )
-
-    def __init__(
+    def __init__(  # the fields of an SDK span
         self,
         maker: LightSpans,
         name: str,
@@ -222,63 +245,56 @@ class LightSpan(trace.Span):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, types.AnyValue],
-        start_time: int,
     ) -> None:
-        self._maker = maker
+        # Exactly the fields the SDK's constructor sets (`_SDK_SPAN_FIELDS`), without calling it.
+        tracer = maker.tracer
         self._name = name
         self._context = span_context
-        self._parent = parent
         self._kind = kind
-        self._attributes: dict[str, types.AnyValue] | BoundedAttributes = attributes
-        self._events: BoundedList[Event] | None = None
-        self._links: BoundedList[Link] | None = None
-        self._status = Status(StatusCode.UNSET)
-        self._start_time = start_time
+        self._instrumentation_info = tracer.instrumentation_info
+        self._instrumentation_scope = maker.scope
+        self._parent = parent
+        self._start_time = time_ns()
         self._end_time: int | None = None
+        self._attributes: Any = attributes  # a dict until something needs the SDK's BoundedAttributes (`_bounded`)
+        self._events: Any = ()  # a BoundedList from the first event on
+        self._links: Any = ()
+        self._resource = tracer.resource
+        self._status = _UNSET
+        self._sampler = maker.sampler
+        self._trace_config = None
+        self._record_exception = True
+        self._set_status_on_exception = True
+        self._span_processor = maker.processors
+        self._limits = maker.limits
         self._lock = threading.Lock()
+        self._record_end_metrics = None
 
-    # --- what an SDK span shows ------------------------------------------------------------------------------------
-    def get_span_context(self) -> SpanContext:
-        return self._context
+    def _bounded(self) -> BoundedAttributes:
+        held = self._attributes
+        if isinstance(held, BoundedAttributes):
+            return held
+        limits = self._limits
+        bounded = BoundedAttributes(
+            limits.max_span_attributes, held, immutable=False, max_value_len=limits.max_span_attribute_length
+        )
+        self._attributes = bounded
+        return bounded
 
-    def is_recording(self) -> bool:
-        return self._end_time is None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def context(self) -> SpanContext:
-        return self._context
-
-    @property
-    def parent(self) -> SpanContext | None:
-        return self._parent
-
-    @property
-    def kind(self) -> SpanKind:
-        return self._kind
-
-    @property
-    def attributes(self) -> types.Attributes:
-        return MappingProxyType(self._attributes)
-
-    @property
-    def start_time(self) -> int:
-        return self._start_time
-
-    @property
-    def end_time(self) -> int | None:
-        return self._end_time
-
-    @property
-    def status(self) -> Status:
-        return self._status
-
-    # --- what user code may do to it, as on an SDK span -------------------------------------------------------------
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        self.set_attributes({key: value})
+        with self._lock:
+            if self._end_time is not None:
+                logger.warning("Setting attribute on ended span.")
+                return
+            held = self._attributes
+            if type(held) is dict and type(key) is str and key:
+                limits = self._limits
+                kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), {key: value})
+                if kept is not None:
+                    held.pop(key, None)  # a key set again moves to the end, as in BoundedAttributes
+                    held[key] = kept[key]
+                    return
+            self._bounded()[key] = value  # the SDK's way: cleaned, limited, warned
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         with self._lock:
@@ -287,148 +303,45 @@ class LightSpan(trace.Span):
                 return
             held = self._attributes
             if type(held) is dict:
-                limits = self._maker.limits
+                limits = self._limits
                 kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), attributes)
                 if kept is not None:
-                    held.update(kept)
+                    for key, value in kept.items():
+                        held.pop(key, None)
+                        held[key] = value
                     return
-            bounded = self._bounded()
-            set_items = getattr(bounded, "_set_items", None)  # what the SDK span calls (same cleaning, same warnings)
-            if set_items is not None:
-                set_items(attributes)
-                return
-            for key, value in attributes.items():
-                bounded[key] = value
+            self._bounded()._set_items(attributes)  # the SDK span's call: same cleaning, same warnings
 
-    def _bounded(self) -> BoundedAttributes:
-        held = self._attributes
-        if isinstance(held, BoundedAttributes):
-            return held
-        bounded = self._attributes = self._maker.bounded(held)
-        return bounded
-
-    def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
-        limits = self._maker.limits
-        kept = _as_kept(limits.max_event_attributes, limits.max_attribute_length, 0, attributes or {})
-        if kept is not None:  # what the SDK would keep, read-only as there
-            event = Event(name=name, attributes=MappingProxyType(kept), timestamp=timestamp)
-        else:
-            bounded = BoundedAttributes(
-                limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
-            )
-            event = Event(name=name, attributes=bounded, timestamp=timestamp)
+    def _add_event(self, event: Any) -> None:
         with self._lock:
             if self._end_time is None:
-                if self._events is None:
-                    self._events = BoundedList(limits.max_events)
+                if type(self._events) is tuple:
+                    self._events = BoundedList(self._limits.max_events)
                 self._events.append(event)
                 return
         logger.warning("Tried calling %s on an ended span.", "_add_event")
 
-    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
-        if not (context and (context.is_valid or (attributes or context.trace_state))):
-            return
-        limits = self._maker.limits
-        bounded = BoundedAttributes(
-            limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
-        )
+    def _add_link(self, link: Link) -> None:
         with self._lock:
             if self._end_time is None:
-                if self._links is None:
-                    self._links = BoundedList(limits.max_links)
-                self._links.append(Link(context=context, attributes=bounded))
+                if type(self._links) is tuple:
+                    self._links = BoundedList(self._limits.max_links)
+                self._links.append(link)
                 return
         logger.warning("Tried calling %s on an ended span.", "_add_link")
-
-    def update_name(self, name: str) -> None:
-        with self._lock:
-            if self._end_time is None:
-                self._name = name
-                return
-        logger.warning("Tried calling %s on an ended span.", "update_name")
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        with self._lock:
-            if self._end_time is not None:
-                ended = True
-            else:
-                ended = False
-                self._set_status(status, description)
-        if ended:
-            logger.warning("Tried calling %s on an ended span.", "set_status")
-
-    def _set_status(self, status: Status | StatusCode, description: str | None) -> None:
-        # As the SDK span: an OK status is final, UNSET is ignored, a description goes with a StatusCode only.
-        if self._status.status_code is StatusCode.OK:
-            return
-        if isinstance(status, Status):
-            if status.status_code is StatusCode.UNSET:
-                return
-            if description is not None:
-                logger.warning(
-                    "Description %s ignored. Use either `Status` or `(StatusCode, Description)`", description
-                )
-            self._status = status
-        elif isinstance(status, StatusCode) and status is not StatusCode.UNSET:
-            self._status = Status(status, description)
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: types.Attributes = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        cls = type(exception)
-        module, qualname = cls.__module__, cls.__qualname__
-        event: dict[str, types.AnyValue] = {
-            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
-            "exception.escaped": str(escaped),
-        }
-        if attributes:
-            event.update(attributes)
-        self.add_event("exception", event, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
         with self._lock:
             if self._end_time is not None:
                 logger.warning("Calling end() on an ended span.")
                 return
-            self._end_time = end = end_time if end_time is not None else time_ns()
-        maker = self._maker
+            self._end_time = end_time if end_time is not None else time_ns()
+            if isinstance(self._attributes, BoundedAttributes):
+                self._attributes._immutable = True  # as the SDK span does at its end
         try:
-            maker.processors.on_end(
-                ReadableSpan(
-                    name=self._name,
-                    context=self._context,
-                    parent=self._parent,
-                    resource=maker.resource,
-                    attributes=self._attributes,
-                    events=self._events if self._events is not None else (),
-                    links=self._links if self._links is not None else (),
-                    kind=self._kind,
-                    status=self._status,
-                    start_time=self._start_time,
-                    end_time=end,
-                    instrumentation_scope=maker.scope,
-                )
-            )
-        except BaseException:
+            self._span_processor.on_end(self._readable_span())
+        except RecursionError:
             # At the recursion limit the processors can fail on the way: `stage()` ends the span again later, when
             # there is room, so it must still be open then (a processor reached before the failure sees it twice).
             self._end_time = None
             raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> None:
-        # As the SDK span used as a context manager: the exception is recorded and sets the status.
-        if exc_val is not None and self.is_recording():
-            self.record_exception(exc_val, escaped=True)
-            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
-        super().__exit__(exc_type, exc_val, exc_tb)
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(name="{self._name}", context={self._context})'

@@ -528,8 +528,9 @@ def build(
                 span_limits=limits,
             )
         tracer_provider.add_span_processor(gate)
+        tracer = tracer_provider.get_tracer(_runtime.SCOPE, __version__)
         scope = InstrumentationScope(_runtime.SCOPE, __version__)
-        light = LightSpans(processors, resource, sampler, limits, tracer_provider.id_generator, scope)
+        light = LightSpans(processors, tracer, scope, sampler, limits, tracer_provider.id_generator)  # type: ignore[arg-type]  # an SDK tracer
         handle = Handle(settings, tracer_provider, standalone=standalone, _ready=ready, _gate=gate)
         _register_fork_hooks()
         handle._early_meter = PendingMeter(_runtime.SCOPE)
@@ -546,7 +547,7 @@ def build(
             nvtx = NvtxRanges()
         _runtime.install(
             _runtime.Runtime(
-                tracer=tracer_provider.get_tracer(_runtime.SCOPE, __version__),
+                tracer=tracer,
                 instruments=Instruments(handle._early_meter),
                 nvtx=nvtx,
                 span_metrics=True,

@@ -103,6 +103,9 @@ def test_what_user_code_does_to_the_current_span(vision_telemetry: CapturedTelem
             with otel_vision.stage("inference"):
                 span = trace.get_current_span()
                 span.set_attribute("ok", 1)
+                span.set_attribute("vision.stage", "inference")  # set again: moves to the end, as in the SDK
+                span.set_attribute(5, "five")  # type: ignore[arg-type]  # not a str: dropped, with the SDK's warning
+                span.set_attributes({6: "six"})  # type: ignore[dict-item]  # here the SDK keeps it as "6"
                 span.set_attribute("seq", [1, 2, 3])
                 span.set_attribute("bad", object())  # type: ignore[arg-type]  # invalid: replaced, with a warning
                 span.set_attributes({"x": 1.5, "": "empty key"})
@@ -126,6 +129,7 @@ def test_what_user_code_does_to_the_current_span(vision_telemetry: CapturedTelem
     inference = light[0]
     assert inference["name"] == "inference-renamed"
     assert inference["attributes"]["seq"] == (1, 2, 3) and inference["attributes"]["bad"] is None
+    assert list(inference["attributes"])[:3] == ["ok", "vision.stage", "6"]
     assert inference["status"] == (StatusCode.OK, None)
     assert inference["links"] == [(0xDEF, {"why": "retry"})]
     assert light[1]["events"][0][1]["exception.type"] == "ValueError"
@@ -141,6 +145,7 @@ def test_limits_are_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
             with otel_vision.stage("inference", attributes={"a": "short"}):
                 span = trace.get_current_span()
                 span.set_attributes({"b": "a long value", "c": 1})
+                span.set_attribute("a", "again")  # set again: moves to the end, so "b" is the oldest now
                 span.set_attribute("d", 2)  # one over the count limit: the oldest goes
                 for i in range(4):
                     span.add_event(f"e{i}", {"text": "truncated here"})
@@ -150,7 +155,7 @@ def test_limits_are_the_sdks(monkeypatch: pytest.MonkeyPatch) -> None:
     with capture_telemetry() as telemetry:
         light, sdk = _both_ways(telemetry, scenario)
     assert light == sdk
-    assert light[0]["attributes"] == {"b": "a lon", "c": 1, "d": 2} and light[0]["dropped_attributes"] == 2
+    assert light[0]["attributes"] == {"c": 1, "a": "again", "d": 2} and light[0]["dropped_attributes"] == 2
     assert light[0]["dropped_events"] == 2 and [e[0] for e in light[0]["events"]] == ["e2", "e3"]
     assert light[1]["attributes"] == {"vision.stage": "too-l", "a": "longe"}
 
@@ -261,13 +266,62 @@ def test_ratio_sampling_is_decided_by_the_sampler_on_the_trace_id() -> None:
     assert {s.context.trace_id for s in inner} == {s.context.trace_id for s in roots}
 
 
-def test_is_a_span_of_the_api() -> None:
-    assert issubclass(LightSpan, trace.Span)
-    assert not issubclass(LightSpan, ReadableSpan)  # processors get a ReadableSpan at the end, as from the SDK
+def test_is_an_sdk_span() -> None:
+    """What user code may read from the current span works as on any SDK span."""
     with capture_telemetry() as telemetry:
         with otel_vision.request("predict"):
             with otel_vision.stage("inference") as span:
+                assert isinstance(span, LightSpan) and isinstance(span, Span) and isinstance(span, ReadableSpan)
+                span.add_event("e", {"k": 1})
                 assert span.is_recording() and span.get_span_context().is_valid
+                assert span.resource is telemetry.handle.tracer_provider.resource  # type: ignore[union-attr]
+                assert span.instrumentation_scope is not None and span.instrumentation_scope.name == "otel_vision"
+                assert [e.name for e in span.events] == ["e"] and span.links == () and span.dropped_attributes == 0
+                assert '"name": "inference"' in span.to_json()
                 assert repr(span).startswith('LightSpan(name="inference"')
             assert not span.is_recording()
         assert len(telemetry.spans()) == 2
+
+
+class FailsAtEnd(SpanProcessor):
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.name == "inference":
+            raise RuntimeError("a processor's bug")
+
+
+def test_a_processor_that_raises_at_the_end_sees_the_span_once(vision_telemetry: CapturedTelemetry) -> None:
+    vision_telemetry.handle.tracer_provider.add_span_processor(FailsAtEnd())  # type: ignore[union-attr]
+    with otel_vision.request("predict"):
+        with otel_vision.stage("inference") as span:
+            pass
+        assert isinstance(span, LightSpan) and not span.is_recording()
+        with otel_vision.stage("postprocess"):
+            pass
+    assert [s.name for s in vision_telemetry.spans()] == ["inference", "postprocess", "predict"]
+
+
+class Delegating:
+    """A processor wrapper that forwards everything through ``__getattr__``."""
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_unusual_processors_get_every_start(vision_telemetry: CapturedTelemetry) -> None:
+    """A processor that forwards through ``__getattr__``, or whose ``on_start`` is set on the instance, is one that
+    acts at a span's start: the SDK makes the spans and it sees them all."""
+    provider = vision_telemetry.handle.tracer_provider
+    assert provider is not None
+    seen: list[str] = []
+    inner = StartWatcher()
+    provider.add_span_processor(Delegating(inner))  # type: ignore[arg-type]
+    plain = SpanProcessor()
+    plain.on_start = lambda span, parent_context=None: seen.append(span.name)  # type: ignore[method-assign]
+    provider.add_span_processor(plain)
+    with otel_vision.request("predict"):
+        with otel_vision.stage("inference") as span:
+            assert not isinstance(span, LightSpan)
+    assert inner.started == ["predict", "inference"] and seen == ["predict", "inference"]
