@@ -2,12 +2,18 @@
 
 Two measurements, both in the default configuration unless ``--config null-exporter`` (see ``_ab.py``):
 
-1. Fixed cost per predict, isolated: YOLOv8n predicts at ``--small-imgsz`` (64 px: a few milliseconds each, so the
+1. Fixed cost per predict, interleaved (`fixed_cost_interleaved`, first): two YOLOv8n models, one instrumented
+   (``instrument_ultralytics(model)``) and one not, predict one frame each in turn, ``--interleaved`` times, in a
+   shuffled order with five bare SDK spans made right after a predict (the conditions our five spans meet: the
+   model's compute has just evicted the SDK's code and data from the caches) and, every tenth turn, 100 bare spans in
+   a loop (the conditions the budget's bare span was measured in). Each call is timed on its own (inference thread
+   CPU time and wall time), so slow drifts of the VM cancel out; medians.
+2. Fixed cost per predict, isolated: YOLOv8n predicts at ``--small-imgsz`` (64 px: a few milliseconds each, so the
    fixed cost is not lost in the model's time), instrumented versus not, next to bare SDK spans in the same rounds;
    wall time, process CPU time (all threads, export work included) and the inference thread's own CPU time.
    What a predict of batch 1 makes: five spans (predict, batch, preprocess, inference, postprocess), one ``image``
    event, the ``vision.detections`` and ``vision.images`` metrics.
-2. The model: samples of ``--calls`` predicts at ``--imgsz`` without instrumentation and with it alternate one by one
+3. The model: samples of ``--calls`` predicts at ``--imgsz`` without instrumentation and with it alternate one by one
    (``uninstrument()`` removes every wrapper and callback, so "not instrumented" is ultralytics' own code path).
 
     python benchmarks/bench_ultralytics.py --batch 1 --samples 40
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -49,6 +56,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--small-imgsz", type=int, default=64, help="input size of the fixed-cost measurement")
     parser.add_argument("--small-calls", type=int, default=20, help="predicts per sample of the fixed-cost run")
+    parser.add_argument("--interleaved", type=int, default=1500, help="turns of the interleaved fixed-cost run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default="yolov8n.yaml")
     parser.add_argument("--config", choices=CONFIGS, default="default")
@@ -68,6 +76,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(args.batch)]
         source = frames if args.batch > 1 else frames[0]
+        fixed_cost_interleaved(args, handle, source)
         instrumentor = UltralyticsInstrumentor()
         fixed_cost(args, handle, model, source, instrumentor, settle)
         kwargs = {"imgsz": args.imgsz, "device": args.device, "verbose": False}
@@ -86,6 +95,68 @@ def main() -> None:
             f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
         )
         report(title, "predict", results["plain"], results["traced"], args.calls)
+
+
+def fixed_cost_interleaved(args: argparse.Namespace, handle: Any, source: Any) -> None:
+    from ultralytics import YOLO
+
+    plain, traced = YOLO(args.weights), YOLO(args.weights)
+    otel_vision.instrument_ultralytics(traced)
+    kwargs = {"imgsz": args.small_imgsz, "device": args.device, "verbose": False}
+    attributes = {"vision.stage": "inference", "vision.model.name": "yolov8n"}
+    cold = bare_spans(handle, "inference", attributes, SPANS_PER_PREDICT)
+    warm = bare_spans(handle, "inference", attributes, 100)
+    turns: dict[str, Callable[[], Any]] = {
+        "plain": lambda: plain.predict(source, **kwargs),
+        "traced": lambda: traced.predict(source, **kwargs),
+        "cold": lambda: (plain.predict(source, **kwargs), cold()),
+    }
+    for _ in range(20):
+        for turn in turns.values():
+            turn()
+    handle.force_flush(timeout_millis=30000)
+    cpu: dict[str, list[float]] = {name: [] for name in (*turns, "warm")}
+    wall: dict[str, list[float]] = {name: [] for name in (*turns, "warm")}
+    thread_ns, wall_ns = time.thread_time_ns, time.perf_counter_ns
+    for i in range(args.interleaved):
+        order = list(turns)
+        random.shuffle(order)
+        for name in order:
+            if name == "cold":
+                plain.predict(source, **kwargs)  # the predict is not timed: only the five spans right after it
+                c, w = thread_ns(), wall_ns()
+                cold()
+            else:
+                c, w = thread_ns(), wall_ns()
+                turns[name]()
+            cpu[name].append((thread_ns() - c) / 1e3)
+            wall[name].append((wall_ns() - w) / 1e3)
+        if i % 10 == 9:
+            c, w = thread_ns(), wall_ns()
+            warm()
+            cpu["warm"].append((thread_ns() - c) / 1e3 / 100 * SPANS_PER_PREDICT)
+            wall["warm"].append((wall_ns() - w) / 1e3 / 100 * SPANS_PER_PREDICT)
+        if i % 200 == 199:
+            handle.force_flush(timeout_millis=30000)
+    print(
+        f"Fixed cost per predict, interleaved (imgsz={args.small_imgsz} batch={args.batch}, {args.interleaved} "
+        f"turns; Python {platform.python_version()}):"
+    )
+    print(
+        "| clock | plain predict µs | instrumented predict µs | added µs | 5 bare spans right after a predict µs | "
+        "added in those bare spans | 5 bare spans in a loop µs | added in those bare spans |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for clock, samples in (("inference thread CPU", cpu), ("wall", wall)):
+        med = {name: statistics.median(values) for name, values in samples.items()}
+        added = med["traced"] - med["plain"]
+        print(
+            f"| {clock} | {med['plain']:.0f} | {med['traced']:.0f} | {added:.0f} | {med['cold']:.1f} | "
+            f"{added / med['cold'] * SPANS_PER_PREDICT:.1f} | {med['warm']:.1f} | "
+            f"{added / med['warm'] * SPANS_PER_PREDICT:.1f} |"
+        )
+    print()
+    otel_vision.uninstrument_ultralytics()
 
 
 def fixed_cost(args: argparse.Namespace, handle: Any, model: Any, source: Any, instrumentor: Any, settle: Any) -> None:
