@@ -23,6 +23,7 @@ a stage whose attributes need cleaning) takes the SDK's path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -66,13 +67,16 @@ _SDK_SPAN_FIELDS: Final = frozenset(
 what it reads."""
 
 
+@functools.cache
 def sdk_span_fields_known() -> bool:
-    """Whether this SDK's span holds exactly `_SDK_SPAN_FIELDS` (checked once per pipeline, on a throwaway span of a
+    """Whether this SDK's span holds exactly `_SDK_SPAN_FIELDS` (checked once per process, on a throwaway span of a
     throwaway provider): another SDK version gets the SDK's own path until this module is checked against it."""
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
     try:
-        probe = TracerProvider(shutdown_on_exit=False).get_tracer("otel_vision.probe").start_span("probe")
+        provider = TracerProvider(resource=Resource.get_empty(), shutdown_on_exit=False)  # no resource detection
+        probe = provider.get_tracer("otel_vision.probe").start_span("probe")
         return set(vars(probe)) == _SDK_SPAN_FIELDS
     except Exception:
         return False
