@@ -317,22 +317,22 @@ class LightSpan(Span):
             self._bounded()._set_items(attributes)  # the SDK span's call: same cleaning, same warnings
 
     def _add_event(self, event: Any) -> None:
-        with self._lock:
-            if self._end_time is None:
-                if type(self._events) is tuple:
-                    self._events = BoundedList(self._limits.max_events)
-                self._events.append(event)
-                return
-        logger.warning("Tried calling %s on an ended span.", "_add_event")
+        self._append("_events", self._limits.max_events, event, "_add_event")
 
     def _add_link(self, link: Link) -> None:
+        self._append("_links", self._limits.max_links, link, "_add_link")
+
+    def _append(self, field: str, limit: int | None, item: Any, method: str) -> None:
+        """What the SDK span's ``_add_event``/``_add_link`` do, with the list made on the first item."""
         with self._lock:
             if self._end_time is None:
-                if type(self._links) is tuple:
-                    self._links = BoundedList(self._limits.max_links)
-                self._links.append(link)
+                items = getattr(self, field)
+                if type(items) is tuple:
+                    items = BoundedList(limit)
+                    setattr(self, field, items)
+                items.append(item)
                 return
-        logger.warning("Tried calling %s on an ended span.", "_add_link")
+        logger.warning("Tried calling %s on an ended span.", method)
 
     def end(self, end_time: int | None = None) -> None:
         with self._lock:

@@ -35,7 +35,7 @@ class Runtime:
     span_metrics: bool = False
     """``True`` when the pipeline records duration metrics from finished spans (off the inference thread)."""
     light: LightSpans | None = None
-    """Makes stage spans under a sampled parent without the SDK tracer's per-span work, when nothing can tell."""
+    """Sets up the spans of stages without the SDK tracer's per-span work, when nothing can tell the difference."""
 
 
 def _from_globals() -> Runtime:

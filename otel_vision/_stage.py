@@ -151,7 +151,7 @@ class stage:
         light = runtime.light
         span: Span | None = None
         if light is not None and self._links is None:
-            # Under a sampled parent our pipeline makes the span itself (otel_vision._light): same span, less work.
+            # Our pipeline sets the span up itself when nothing can tell (otel_vision._light): same span, less work.
             cleaned = self._light_attributes
             if cleaned is None or cleaned[0] is not light:
                 cleaned = self._light_attributes = (light, light.clean(self._attributes))
