@@ -98,6 +98,10 @@ def _end_unended() -> None:
             return
 
 
+_CACHES = frozenset({"_cv", "_metric_attrs", "_light_attributes"})
+"""The slots of a `stage` that a copy or a pickle leaves out (`stage.__getstate__`)."""
+
+
 class stage:
     """Trace a block, function, coroutine or generator as one pipeline stage.
 
@@ -211,6 +215,17 @@ class stage:
 
     def _metric_keys(self) -> dict[str, AttributeValue | None]:
         return {VISION_STAGE: self.name, VISION_MODEL_NAME: self._attributes.get(VISION_MODEL_NAME)}
+
+    def __getstate__(self) -> Any:
+        """A copied or pickled stage is the same stage without what it cached for the pipeline running now (its
+        context variable, metric attributes, attributes cleaned for light spans): those hold locks and instruments,
+        and are made again on first use."""
+        slots: dict[str, Any] = {}
+        for cls in type(self).__mro__:
+            for name in cls.__dict__.get("__slots__", ()):
+                if name not in slots and hasattr(self, name):
+                    slots[name] = None if name in _CACHES else getattr(self, name)
+        return (None, slots)
 
     def _base_metric_attrs(self, instruments: Instruments) -> dict[str, AttributeValue]:
         cached = self._metric_attrs

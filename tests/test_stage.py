@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
+import pickle
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -336,6 +338,40 @@ class TestMetrics:
         names = {p.attributes["vision.stage"] for p in vision_telemetry.points("vision.stage.duration")}
         assert len(names) == 101 and "other" in names
         assert len(vision_telemetry.spans()) == 105
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "copy", "pickle"])
+def test_a_used_stage_copies_and_pickles_and_still_traces(vision_telemetry: CapturedTelemetry, how: str) -> None:
+    """Stages kept on a user's object (a model, a handler) survive ``copy.deepcopy``, ``copy.copy`` and pickling
+    after they were used in every form, and the copies trace as the originals do."""
+    duplicate = {
+        "deepcopy": copy.deepcopy,
+        "copy": copy.copy,
+        "pickle": lambda obj: pickle.loads(pickle.dumps(obj)),
+    }[how]
+    root = otel_vision.request("handle", attributes={"vision.model.name": "m"})
+    as_block = otel_vision.stage("preprocess", attributes={"vision.batch.size": 2})
+    as_call = otel_vision.stage("inference")
+    group = otel_vision.batch("postprocess", requests=[])
+    with root:
+        with as_block:
+            pass
+        as_call.call(lambda: None)
+        with group:
+            pass
+    vision_telemetry.clear()
+    root, as_block, as_call, group = (duplicate(s) for s in (root, as_block, as_call, group))
+    with root:
+        with as_block:
+            pass
+        as_call.call(lambda: None)
+        with group:
+            pass
+    spans = {s.name: s for s in vision_telemetry.spans()}
+    assert set(spans) == {"handle", "preprocess", "inference", "postprocess"}
+    assert dict(spans["preprocess"].attributes or {}) == {"vision.stage": "preprocess", "vision.batch.size": 2}
+    assert spans["handle"].attributes["vision.operation"] == "handle"  # type: ignore[index]
+    assert all(s.parent.span_id == spans["handle"].context.span_id for n, s in spans.items() if n != "handle")  # type: ignore[union-attr]
 
 
 def test_works_without_configure() -> None:
