@@ -144,6 +144,13 @@ def _as_kept(
     return kept
 
 
+def _span_attributes(limits: SpanLimits, attributes: types.Attributes) -> BoundedAttributes:
+    """Span attributes as the SDK holds them once they need its limits."""
+    return BoundedAttributes(
+        limits.max_span_attributes, attributes, immutable=False, max_value_len=limits.max_span_attribute_length
+    )
+
+
 class SpanProcessors(SynchronousMultiSpanProcessor):
     """The tracer provider's processors, which also tell whether a light span may skip them at its start: every
     processor added, now or later (``tracer_provider.add_span_processor``), is checked as it comes."""
@@ -226,15 +233,8 @@ class LightSpans:
             return trace.NonRecordingSpan(span_context)
         span = LightSpan(self, name, span_context, None, kind, attributes)
         if result.attributes != attributes:  # the sampler's attributes are the span's (ours pass them through)
-            span._attributes = self.bounded(result.attributes)
+            span._attributes = _span_attributes(self.limits, result.attributes)
         return span
-
-    def bounded(self, attributes: types.Attributes) -> BoundedAttributes:
-        """Span attributes as the SDK holds them once they need its limits."""
-        limits = self.limits
-        return BoundedAttributes(
-            limits.max_span_attributes, attributes, immutable=False, max_value_len=limits.max_span_attribute_length
-        )
 
 
 class LightSpan(Span):
@@ -278,11 +278,7 @@ class LightSpan(Span):
         held = self._attributes
         if isinstance(held, BoundedAttributes):
             return held
-        limits = self._limits
-        bounded = BoundedAttributes(
-            limits.max_span_attributes, held, immutable=False, max_value_len=limits.max_span_attribute_length
-        )
-        self._attributes = bounded
+        bounded = self._attributes = _span_attributes(self._limits, held)
         return bounded
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
