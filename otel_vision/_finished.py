@@ -47,7 +47,8 @@ class Drainer(Generic[Item]):
         self._interval = interval
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._stopped = False
+        self.stopped = False
+        """Set by `stop`, after its drain."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -64,12 +65,19 @@ class Drainer(Generic[Item]):
                 except Exception:
                     report_internal_error(self._what)
 
+    def wake(self) -> None:
+        """Drain now rather than at the next interval (a backlog is building up)."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stopped:
+        while not self.stopped:
             self._wake.wait(self._interval)
+            self._wake.clear()
             self.drain()
 
     def stop(self) -> None:
+        """Drain and end the thread. An item appended concurrently is drained by `drain` or by its appender, which
+        checks `stopped` after appending."""
         self.drain()
-        self._stopped = True
+        self.stopped = True
         self._wake.set()

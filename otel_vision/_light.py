@@ -26,8 +26,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import sys
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from time import time_ns
 from typing import Any, Final
@@ -36,18 +38,21 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import (
+    ReadableSpan,
     Span,
     SpanLimits,
     SpanProcessor,
     SynchronousMultiSpanProcessor,
     Tracer,
 )
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
+
+from otel_vision._finished import Drainer
 
 logger = logging.getLogger("opentelemetry.sdk.trace")
 """The SDK span's logger: a misuse of a light span warns where the same misuse of an SDK span does."""
@@ -82,6 +87,8 @@ def sdk_span_fields_known() -> bool:
         return False
 
 
+_SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
+"""The context key of the current span (the API keeps its name private; this is the key it sets)."""
 _PLAIN: Final = frozenset({str, int, float, bool})
 
 
@@ -153,22 +160,124 @@ def _span_attributes(limits: SpanLimits, attributes: types.Attributes) -> Bounde
 
 class SpanProcessors(SynchronousMultiSpanProcessor):
     """The tracer provider's processors, which also tell whether a light span may skip them at its start: every
-    processor added, now or later (``tracer_provider.add_span_processor``), is checked as it comes."""
+    processor added, now or later (``tracer_provider.add_span_processor``), is checked as it comes.
 
-    def __init__(self, light: bool) -> None:
+    With ``deferred``, the spans that end are handed to the processors on a background thread (every
+    `ENDS_INTERVAL_S`, sooner once `ENDS_BACKLOG` are waiting, and before any flush or shutdown), in the order they
+    ended: the thread that ends a span pays for a deque append, not for the snapshot of the span and the processors'
+    ``on_end``. Only otel_vision's own processors may wait like that (they export in batches anyway); the first
+    processor added through the public ``add_span_processor`` gets every later span on the spot, as the SDK would
+    hand it, after the ones already waiting (`_add_own` is for ours).
+    """
+
+    def __init__(self, light: bool, deferred: bool = False) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
         self.light = light
+        self.ended: Drainer[ReadableSpan] | None = None
+        """Spans waiting for the processors' ``on_end`` (``None``: they are handed over on the spot)."""
+        if deferred:
+            self.ended = Drainer(self._hand_over, "ended spans", "otel-vision-span-ends", ENDS_INTERVAL_S)
+            if hasattr(os, "register_at_fork"):
+                ref = weakref.ref(self)
+                os.register_at_fork(after_in_child=lambda: _in_child(ref))
 
     def add_span_processor(self, span_processor: SpanProcessor) -> None:  # also what TracerProvider's calls
+        self._stop_deferring()
+        self._add_own(span_processor)
+
+    def _add_own(self, span_processor: SpanProcessor) -> None:
+        """Add one of otel_vision's processors (the span gate), which may receive ended spans late."""
         if not starts_nothing(span_processor):
             self.light = False
         super().add_span_processor(span_processor)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ended = self.ended
+        if ended is None:
+            super().on_end(span)
+        else:
+            _defer(ended, span)
+
+    def drain(self) -> None:
+        """Hand every span ended so far to the processors (on the calling thread)."""
+        ended = self.ended
+        if ended is not None:
+            ended.drain()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.drain()
+        return super().force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self._stop_deferring()
+        super().shutdown()
+
+    def discard(self) -> int:
+        """The pipeline will not complete: forget the spans waiting (later ones go to the processors, which count
+        them as lost); return how many there were."""
+        ended, self.ended = self.ended, None
+        if ended is None:
+            return 0
+        count = len(ended.items)
+        ended.items.clear()
+        ended.stop()
+        return count
+
+    def _stop_deferring(self) -> None:
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended.stop()  # hands over what waits; a span ended meanwhile is handed over by its own thread
+
+    def _hand_over(self, span: ReadableSpan) -> None:
+        if type(span) is LightSpan:
+            span = span._readable_span()
+        super().on_end(span)
+
+
+ENDS_INTERVAL_S: Final = 0.1
+ENDS_BACKLOG: Final = 512
+"""Ended spans that wake the hand-over thread before its interval."""
+
+
+def _defer(ended: Drainer[ReadableSpan], span: ReadableSpan) -> None:
+    items = ended.items
+    items.append(span)
+    if len(items) == ENDS_BACKLOG or ended.stopped:
+        _follow_up(ended)
+
+
+def _follow_up(ended: Drainer[ReadableSpan]) -> None:
+    """After a span was appended to ``ended``: wake its thread when a backlog builds up; hand the span over here when
+    the thread stopped meanwhile (nobody else will)."""
+    if ended.stopped:
+        ended.drain()
+    else:
+        ended.wake()
+
+
+def _in_child(ref: weakref.ref[SpanProcessors]) -> None:
+    """In a forked child: spans the parent ended are the parent's to export; this pipeline is the parent's too (the
+    child builds its own), and its thread did not come along, so spans ending here go through on the spot."""
+    processors = ref()
+    if processors is not None and processors.ended is not None:
+        processors.ended.items.clear()
+        processors.ended = None
 
 
 class LightSpans:
     """Starts `LightSpan` objects for one tracer (see the module docstring for when)."""
 
-    __slots__ = ("limits", "new_span_id", "new_trace_id", "processors", "random", "sampler", "scope", "tracer")
+    __slots__ = (
+        "getrandbits",
+        "limits",
+        "new_span_id",
+        "new_trace_id",
+        "processors",
+        "random",
+        "sampler",
+        "scope",
+        "tracer",
+    )
 
     def __init__(
         self,
@@ -188,6 +297,8 @@ class LightSpans:
         self.new_trace_id = id_generator.generate_trace_id
         self.new_span_id = id_generator.generate_span_id
         self.random = id_generator.is_trace_id_random()
+        self.getrandbits = random.getrandbits if type(id_generator) is RandomIdGenerator else None
+        """What the SDK's `RandomIdGenerator` draws a span id with (zero, invalid, means: draw again)."""
 
     @classmethod
     def usable(cls, follows_sampled_parent: bool, user_processors: Sequence[SpanProcessor]) -> bool:
@@ -213,14 +324,23 @@ class LightSpans:
         the SDK must make it. ``attributes`` (from `clean`) become the span's own."""
         if not self.processors.light:
             return None
-        parent_context = trace.get_current_span(parent).get_span_context()
+        held: Any = (parent if parent is not None else otel_context.get_current()).get(_SPAN_KEY)
+        if type(held) in _OWN_SPANS:
+            parent_context: SpanContext = held._context  # what their get_span_context() returns
+        else:
+            parent_context = trace.get_current_span(parent).get_span_context()
         if parent_context.is_valid:
-            if not parent_context.trace_flags.sampled:
+            parent_flags = parent_context.trace_flags
+            if not parent_flags & TraceFlags.SAMPLED:
                 return None  # the SDK's path: what the sampler says of an unsampled parent is its business
             # A sampler that follows a sampled parent (`usable`) samples the child, with the parent's trace state.
-            flags = _SAMPLED_RANDOM if parent_context.trace_flags.random_trace_id else _SAMPLED
-            span_context = SpanContext(
-                parent_context.trace_id, self.new_span_id(), False, flags, parent_context.trace_state
+            # The SpanContext is built as its constructor builds it, valid: the parent's trace id is, and so is a
+            # span id from the generator.
+            getrandbits = self.getrandbits
+            span_id = (getrandbits(64) if getrandbits is not None else 0) or self.new_span_id()
+            flags = _SAMPLED_RANDOM if parent_flags & TraceFlags.RANDOM_TRACE_ID else _SAMPLED
+            span_context = tuple.__new__(
+                SpanContext, (parent_context.trace_id, span_id, False, flags, parent_context.trace_state, True)
             )
             return LightSpan(self, name, span_context, parent_context, kind, attributes)
         # A root: the sampler decides, as in the SDK (same arguments, same flags).
@@ -336,12 +456,30 @@ class LightSpan(Span):
                 logger.warning("Calling end() on an ended span.")
                 return
             self._end_time = end_time if end_time is not None else time_ns()
-            if isinstance(self._attributes, BoundedAttributes):
-                self._attributes._immutable = True  # as the SDK span does at its end
+            held = self._attributes
+            if type(held) is not dict:  # not isinstance: an ABC's check is a Python call, which can fail here
+                held._immutable = True  # the SDK's BoundedAttributes: as the SDK span does at its end
+        processors: SpanProcessors = self._span_processor  # type: ignore[assignment]  # `LightSpans.processors`
+        ended = processors.ended
+        if ended is not None:
+            # Appended here, not through `_defer`: a C call cannot fail at the recursion limit, so the span is
+            # handed over exactly once (the snapshot is taken there, in `SpanProcessors._hand_over`).
+            items = ended.items
+            items.append(self)
+            if len(items) == ENDS_BACKLOG or ended.stopped:
+                try:
+                    _follow_up(ended)
+                except RecursionError:
+                    pass  # a wake-up missed; the thread's next round hands it over
+            return
         try:
-            self._span_processor.on_end(self._readable_span())
+            processors.on_end(self._readable_span())
         except RecursionError:
             # At the recursion limit the processors can fail on the way: `stage()` ends the span again later, when
             # there is room, so it must still be open then (a processor reached before the failure sees it twice).
             self._end_time = None
             raise
+
+
+_OWN_SPANS: Final = (Span, LightSpan)
+"""Spans whose span context is their ``_context`` (``get_span_context()`` without the call)."""

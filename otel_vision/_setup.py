@@ -86,6 +86,8 @@ class Handle:
     _state: threading.Lock = field(default_factory=threading.Lock)
     """Orders the setup thread's hand-over against `shutdown()`."""
     _gate: SpanGate | None = None
+    _span_ends: SpanProcessors | None = None
+    """The tracer provider's processors: `force_flush` and `shutdown` hand them the spans ended so far first."""
     _early_meter: PendingMeter | None = None
     _early_logs: PendingLoggerProvider | None = None
     _setup_thread: threading.Thread | None = None
@@ -132,6 +134,8 @@ class Handle:
         if not self._ready.wait(max(0.0, deadline - time.monotonic())) or self._exports is None:
             return False
         exports = self._exports
+        if self._span_ends is not None:
+            self._span_ends.drain()  # before the duration metrics are drained: they come from these spans
         if exports.span_metrics is not None:
             exports.span_metrics.drain()
         metric_exports = [(e, e.exports_ok, e.exports_failed) for e in exports.metric_exporters]
@@ -161,6 +165,8 @@ class Handle:
         if self.enabled and not self._ready.wait(max(0.0, timeout)) and self._give_up("shut down first"):
             return
         self._closed = True
+        if self._span_ends is not None:
+            self._span_ends.drain()
         if self._exports is not None and self._exports.span_metrics is not None:
             # Every span ended so far becomes a metric point before the meter provider takes its last collection
             # (they shut down in parallel below).
@@ -203,7 +209,8 @@ class Handle:
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
-        spans = self._gate.close() if self._gate is not None else 0
+        spans = self._span_ends.discard() if self._span_ends is not None else 0
+        spans += self._gate.close() if self._gate is not None else 0
         logs = measurements = 0
         if self._early_logs is not None:
             logs = self._early_logs.close()
@@ -485,6 +492,7 @@ def build(
     cuda: CudaBackend | None = None,
     nvml: NvmlBackend | None = None,
     standalone: bool = False,
+    defer_span_ends: bool = False,
 ) -> Handle:
     """Build a pipeline from `Settings` plus explicit processors and readers, and make it otel_vision's runtime.
 
@@ -517,7 +525,12 @@ def build(
         gate = SpanGate(ready, _limits.SETUP_WAIT_S, span_processors)
         sampler = _sampler(settings)
         follows_sampled_parent = isinstance(sampler, ParentBased) or sampler is ALWAYS_ON
-        processors = SpanProcessors(LightSpans.usable(follows_sampled_parent, span_processors))
+        processors = SpanProcessors(
+            LightSpans.usable(follows_sampled_parent, span_processors),
+            # Ended spans reach our processors from a background thread (`SpanProcessors`); the application's own
+            # get them on the spot, unless the caller reads them only after a flush (`otel_vision.testing`).
+            deferred=defer_span_ends or not span_processors,
+        )
         with _hidden_invalid_variables(settings):
             resource = _resource(settings)
             tracer_provider = TracerProvider(
@@ -527,11 +540,13 @@ def build(
                 active_span_processor=processors,
                 span_limits=limits,
             )
-        tracer_provider.add_span_processor(gate)
+        processors._add_own(gate)  # what tracer_provider.add_span_processor does, for our own processor
         tracer = tracer_provider.get_tracer(_runtime.SCOPE, __version__)
         scope = InstrumentationScope(_runtime.SCOPE, __version__)
         light = LightSpans(processors, tracer, scope, sampler, limits, tracer_provider.id_generator)  # type: ignore[arg-type]  # an SDK tracer
-        handle = Handle(settings, tracer_provider, standalone=standalone, _ready=ready, _gate=gate)
+        handle = Handle(
+            settings, tracer_provider, standalone=standalone, _ready=ready, _gate=gate, _span_ends=processors
+        )
         _register_fork_hooks()
         handle._early_meter = PendingMeter(_runtime.SCOPE)
         if settings.logs:

@@ -286,6 +286,8 @@ class CapturedTelemetry:
 
     def points(self, metric: str) -> list[Any]:
         """The data points of one metric (histogram, sum or gauge points), collected now."""
+        if self.handle._span_ends is not None:
+            self.handle._span_ends.drain()  # ended spans reach the processors from a background thread
         exports = self.handle._exports
         span_metrics = exports.span_metrics if exports is not None else None
         if span_metrics is not None:
@@ -315,6 +317,8 @@ class CapturedTelemetry:
 
     def clear(self) -> None:
         """Forget the spans and logs captured so far."""
+        if self.handle._span_ends is not None:
+            self.handle._span_ends.drain()  # spans ended so far, not yet handed to the processors, go too
         self.span_exporter.clear()
         self.log_exporter.clear()
 
@@ -341,6 +345,7 @@ def capture_telemetry(fake_gpu: FakeGpu | None = None, **settings: Any) -> Itera
         cuda=fake_gpu.cuda if fake_gpu is not None else None,
         nvml=fake_gpu.nvml if fake_gpu is not None else None,
         standalone=True,
+        defer_span_ends=True,  # as with the exporters configure() builds: `CapturedTelemetry` flushes before reading
     )
     try:
         yield CapturedTelemetry(handle, span_exporter, metric_reader, log_exporter)

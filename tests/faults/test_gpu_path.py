@@ -71,7 +71,10 @@ def test_waiting_spans_are_capped(vision_telemetry: CapturedTelemetry, fake_gpu:
     for _ in range(MAX_PENDING + extra):
         with otel_vision.stage("inference"):
             fake_gpu.cuda.run(0.001)
-    # Exported already: the overflow, without gpu.time.
+    # Exported once handed to the processors (not flushed: that would pass the waiting ones on): the overflow,
+    # without gpu.time.
+    assert vision_telemetry.handle._span_ends is not None
+    vision_telemetry.handle._span_ends.drain()
     early = vision_telemetry.span_exporter.get_finished_spans()
     assert len(early) == extra and all("gpu.time" not in s.attributes for s in early)
     fake_gpu.cuda.complete_events()

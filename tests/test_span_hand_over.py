@@ -1,0 +1,121 @@
+"""Ended spans reach otel_vision's span processors from a background thread, in the order they ended
+(`otel_vision._light.SpanProcessors`); processors of the application's own get them on the spot, as the SDK hands them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+import otel_vision
+from otel_vision import _config, _runtime, _setup
+from otel_vision._light import ENDS_BACKLOG
+from otel_vision.testing import CapturedTelemetry
+
+WAIT_S = 10.0
+"""How long a test waits for the hand-over thread (it runs every 0.1 s)."""
+
+
+class Recording(SpanExporter):
+    """Records each span's name with the thread that exported it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.seen.extend((s.name, threading.current_thread().name) for s in spans)
+        return SpanExportResult.SUCCESS
+
+    def names(self) -> list[str]:
+        return [name for name, _ in list(self.seen)]
+
+
+def _wait_for(exporter: Recording, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while len(exporter.seen) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def pipeline(request: pytest.FixtureRequest) -> Iterator[tuple[_setup.Handle, Recording]]:
+    """A pipeline whose only processor is a recording one; deferred (as configure() builds it with no processor of
+    the application's) unless the test is parametrized with ``False``."""
+    deferred = getattr(request, "param", True)
+    exporter = Recording()
+    previous = _runtime.current()
+    handle = _setup.build(
+        _config.resolve(exporter="none", environ={}, gpu=False),
+        span_processors=[SimpleSpanProcessor(exporter)],
+        standalone=True,
+        defer_span_ends=deferred,
+    )
+    try:
+        yield handle, exporter
+    finally:
+        handle.shutdown()
+        _runtime.install(previous)
+
+
+def test_spans_are_handed_over_off_the_ending_thread_in_the_order_they_ended(
+    pipeline: tuple[_setup.Handle, Recording],
+) -> None:
+    """Without any flush, every span arrives (a burst past the backlog too), in end order, from the hand-over
+    thread; the thread that ended them never ran a processor."""
+    handle, exporter = pipeline
+    with otel_vision.request("predict"):
+        with otel_vision.stage("preprocess"):
+            pass
+        with otel_vision.stage("inference"):
+            with otel_vision.stage("layer"):
+                pass
+    burst = 3 * ENDS_BACKLOG
+    for i in range(burst):
+        with otel_vision.stage(f"s{i}"):
+            pass
+    _wait_for(exporter, 4 + burst)
+    assert exporter.names() == ["preprocess", "layer", "inference", "predict", *(f"s{i}" for i in range(burst))]
+    assert {thread for _, thread in exporter.seen} == {"otel-vision-span-ends"}
+
+
+@pytest.mark.parametrize("pipeline", [False], indirect=True)
+def test_processors_of_the_applications_own_get_spans_on_the_spot(pipeline: tuple[_setup.Handle, Recording]) -> None:
+    """``configure(additional_span_processors=...)``: the span is exported by the time ``end()`` returns, on the
+    thread that ended it, as with the SDK alone."""
+    _, exporter = pipeline
+    with otel_vision.stage("inference"):
+        pass
+    assert exporter.seen == [("inference", threading.current_thread().name)]
+
+
+def test_a_processor_added_later_gets_spans_on_the_spot_after_the_waiting_ones(
+    vision_telemetry: CapturedTelemetry,
+) -> None:
+    """``tracer_provider.add_span_processor``: spans still waiting are handed over first, then every span goes to
+    the processors on the thread that ends it."""
+    with otel_vision.stage("before"):
+        pass
+    added = Recording()
+    assert vision_telemetry.handle.tracer_provider is not None
+    vision_telemetry.handle.tracer_provider.add_span_processor(SimpleSpanProcessor(added))
+    assert [s.name for s in vision_telemetry.span_exporter.get_finished_spans()] == ["before"]
+    with otel_vision.stage("after"):
+        pass
+    assert added.seen == [("after", threading.current_thread().name)]
+    assert [s.name for s in vision_telemetry.span_exporter.get_finished_spans()] == ["before", "after"]
+
+
+def test_flush_and_shutdown_hand_over_what_waits(pipeline: tuple[_setup.Handle, Recording]) -> None:
+    handle, exporter = pipeline
+    with otel_vision.stage("flushed"):
+        pass
+    assert handle.force_flush(timeout_millis=5000)
+    assert exporter.names() == ["flushed"]
+    with otel_vision.stage("at-shutdown"):
+        pass
+    handle.shutdown()
+    assert exporter.names() == ["flushed", "at-shutdown"]
