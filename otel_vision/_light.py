@@ -32,12 +32,14 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from time import time_ns
+from types import MappingProxyType
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import (
+    Event,
     ReadableSpan,
     Span,
     SpanLimits,
@@ -89,6 +91,13 @@ def sdk_span_fields_known() -> bool:
 
 _SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
 """The context key of the current span (the API keeps its name private; this is the key it sets)."""
+
+
+def with_span(span: trace.Span, parent: otel_context.Context | None = None) -> otel_context.Context:
+    """``trace.set_span_in_context(span, parent)`` (the same new context) without its two calls."""
+    return otel_context.Context({**(parent if parent is not None else otel_context.get_current()), _SPAN_KEY: span})
+
+
 _PLAIN: Final = frozenset({str, int, float, bool})
 
 
@@ -274,6 +283,7 @@ class LightSpans:
         "new_trace_id",
         "processors",
         "random",
+        "roots_sampled",
         "sampler",
         "scope",
         "tracer",
@@ -287,6 +297,7 @@ class LightSpans:
         sampler: Sampler,
         limits: SpanLimits,
         id_generator: IdGenerator,
+        roots_sampled: bool = False,
     ) -> None:
         self.processors = processors
         self.tracer = tracer
@@ -299,6 +310,9 @@ class LightSpans:
         self.random = id_generator.is_trace_id_random()
         self.getrandbits = random.getrandbits if type(id_generator) is RandomIdGenerator else None
         """What the SDK's `RandomIdGenerator` draws a span id with (zero, invalid, means: draw again)."""
+        self.roots_sampled = roots_sampled
+        """The sampler is ``always_on`` or ``parentbased_always_on`` as `configure()` builds it: a root is sampled,
+        with the span's own attributes and no trace state, which is what asking it would return."""
 
     @classmethod
     def usable(cls, follows_sampled_parent: bool, user_processors: Sequence[SpanProcessor]) -> bool:
@@ -342,57 +356,68 @@ class LightSpans:
             span_context = tuple.__new__(
                 SpanContext, (parent_context.trace_id, span_id, False, flags, parent_context.trace_state, True)
             )
-            return LightSpan(self, name, span_context, parent_context, kind, attributes)
+            return self._span(name, span_context, parent_context, kind, attributes)
         # A root: the sampler decides, as in the SDK (same arguments, same flags).
         trace_id = self.new_trace_id()
+        if self.roots_sampled:
+            flags = _SAMPLED_RANDOM if self.random else _SAMPLED
+            return self._span(name, SpanContext(trace_id, self.new_span_id(), False, flags), None, kind, attributes)
         result = self.sampler.should_sample(parent, trace_id, name, kind, attributes, ())
         sampled = result.decision.is_sampled()  # type: ignore[no-untyped-call]  # unannotated in the SDK
         flags = TraceFlags((TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if self.random else 0))
         span_context = SpanContext(trace_id, self.new_span_id(), False, flags, result.trace_state)
         if not result.decision.is_recording():  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
             return trace.NonRecordingSpan(span_context)
-        span = LightSpan(self, name, span_context, None, kind, attributes)
+        span = self._span(name, span_context, None, kind, attributes)
         if result.attributes != attributes:  # the sampler's attributes are the span's (ours pass them through)
             span._attributes = _span_attributes(self.limits, result.attributes)
         return span
 
-
-class LightSpan(Span):
-    """An SDK span set up without the SDK's constructor (see the module docstring); every method not defined here is
-    the SDK's own."""
-
-    def __init__(  # the fields of an SDK span
+    def _span(
         self,
-        maker: LightSpans,
         name: str,
         span_context: SpanContext,
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, types.AnyValue],
-    ) -> None:
-        # Exactly the fields the SDK's constructor sets (`_SDK_SPAN_FIELDS`), without calling it.
-        tracer = maker.tracer
-        self._name = name
-        self._context = span_context
-        self._kind = kind
-        self._instrumentation_info = tracer.instrumentation_info
-        self._instrumentation_scope = maker.scope
-        self._parent = parent
-        self._start_time = time_ns()
-        self._end_time: int | None = None
-        self._attributes: Any = attributes  # a dict until something needs the SDK's BoundedAttributes (`_bounded`)
-        self._events: Any = ()  # a BoundedList from the first event on
-        self._links: Any = ()
-        self._resource = tracer.resource
-        self._status = _UNSET
-        self._sampler = maker.sampler
-        self._trace_config = None
-        self._record_exception = True
-        self._set_status_on_exception = True
-        self._span_processor = maker.processors
-        self._limits = maker.limits
-        self._lock = threading.Lock()
-        self._record_end_metrics = None
+    ) -> LightSpan:
+        """A `LightSpan` holding exactly the fields the SDK's constructor sets (`_SDK_SPAN_FIELDS`), made without
+        calling either constructor (the SDK span's ``__new__`` refuses nothing of a subclass): one dict built at
+        once, not twenty attribute stores."""
+        span: LightSpan = _new_object(LightSpan)
+        tracer = self.tracer
+        span.__dict__ = {
+            "_name": name,
+            "_context": span_context,
+            "_kind": kind,
+            "_instrumentation_info": tracer.instrumentation_info,
+            "_instrumentation_scope": self.scope,
+            "_parent": parent,
+            "_start_time": time_ns(),
+            "_end_time": None,
+            "_attributes": attributes,  # a dict until something needs the SDK's BoundedAttributes (`_bounded`)
+            "_events": (),  # a BoundedList from the first event on
+            "_links": (),
+            "_resource": tracer.resource,
+            "_status": _UNSET,
+            "_sampler": self.sampler,
+            "_trace_config": None,
+            "_record_exception": True,
+            "_set_status_on_exception": True,
+            "_span_processor": self.processors,
+            "_limits": self.limits,
+            "_lock": threading.Lock(),
+            "_record_end_metrics": None,
+        }
+        return span
+
+
+_new_object: Final = object.__new__
+
+
+class LightSpan(Span):
+    """An SDK span set up without the SDK's constructor (by `LightSpans._span`; see the module docstring); every
+    method not defined here is the SDK's own."""
 
     def _bounded(self) -> BoundedAttributes:
         held = self._attributes
@@ -432,6 +457,20 @@ class LightSpan(Span):
                     return
             self._bounded()._set_items(attributes)  # the SDK span's call: same cleaning, same warnings
 
+    def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
+        limits = self._limits
+        if attributes is None:
+            kept: dict[str, types.AnyValue] | None = {}
+        elif type(attributes) is dict:
+            kept = _as_kept(limits.max_event_attributes, limits.max_attribute_length, 0, attributes)
+        else:
+            kept = None
+        if kept is None:
+            super().add_event(name, attributes, timestamp)  # the SDK's cleaning, limits and warnings
+            return
+        # What the SDK's add_event holds when it keeps everything unchanged: the same values, read-only.
+        self._add_event(Event(name, MappingProxyType(kept), timestamp))
+
     def _add_event(self, event: Any) -> None:
         self._append("_events", self._limits.max_events, event, "_add_event")
 
@@ -456,7 +495,7 @@ class LightSpan(Span):
                 logger.warning("Calling end() on an ended span.")
                 return
             self._end_time = end_time if end_time is not None else time_ns()
-            held = self._attributes
+            held: Any = self._attributes
             if type(held) is not dict:  # not isinstance: an ABC's check is a Python call, which can fail here
                 held._immutable = True  # the SDK's BoundedAttributes: as the SDK span does at its end
         processors: SpanProcessors = self._span_processor  # type: ignore[assignment]  # `LightSpans.processors`

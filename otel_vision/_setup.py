@@ -543,7 +543,16 @@ def build(
         processors._add_own(gate)  # what tracer_provider.add_span_processor does, for our own processor
         tracer = tracer_provider.get_tracer(_runtime.SCOPE, __version__)
         scope = InstrumentationScope(_runtime.SCOPE, __version__)
-        light = LightSpans(processors, tracer, scope, sampler, limits, tracer_provider.id_generator)  # type: ignore[arg-type]  # an SDK tracer
+        roots_sampled = settings.sample_rate is None and settings.sampler in ("always_on", "parentbased_always_on")
+        light = LightSpans(
+            processors,
+            tracer,  # type: ignore[arg-type]  # an SDK tracer
+            scope,
+            sampler,
+            limits,
+            tracer_provider.id_generator,
+            roots_sampled=roots_sampled,
+        )
         handle = Handle(
             settings, tracer_provider, standalone=standalone, _ready=ready, _gate=gate, _span_ends=processors
         )

@@ -17,7 +17,7 @@ from opentelemetry.util.types import AttributeValue
 
 from otel_vision import _runtime
 from otel_vision._errors import describe_exception, error_type, report_internal_error
-from otel_vision._light import LightSpans
+from otel_vision._light import LightSpan, LightSpans, with_span
 from otel_vision._metrics import Instruments
 from otel_vision.attributes import (
     CUDA_OOM,
@@ -166,7 +166,7 @@ class stage:
                 self.name, context=parent, kind=self._kind, attributes=self._attributes, links=self._links
             )
         gpu = None
-        if runtime.gpu is not None and span.is_recording():
+        if runtime.gpu is not None and (type(span) is LightSpan or span.is_recording()):  # a new LightSpan records
             gpu = runtime.gpu.start()
         nvtx = runtime.nvtx.start(self.name) if runtime.nvtx is not None else None
         return _Active(runtime, span, gpu, perf_counter(), nvtx)
@@ -238,7 +238,7 @@ class stage:
     def run(self, parent: context.Context | None, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Call ``fn`` as this stage under an explicit parent context (used by the instrumentors)."""
         active = self._start(parent)
-        token = context.attach(trace.set_span_in_context(active.span, parent))
+        token = context.attach(with_span(active.span, parent))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -252,7 +252,7 @@ class stage:
     # --- context manager --------------------------------------------------------------------------------------
     def __enter__(self) -> Span:
         active = self._start(None)
-        active.token = context.attach(trace.set_span_in_context(active.span))
+        active.token = context.attach(with_span(active.span))
         if self._cv is None:
             # A ContextVar (not an attribute) holds the running stage, so one stage object can be entered from
             # several threads or tasks at once, and nested in itself.
@@ -296,7 +296,7 @@ class stage:
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn`` as this stage under the current context; a returned generator is traced over its iteration."""
         active = self._start(None)
-        token = context.attach(trace.set_span_in_context(active.span))
+        token = context.attach(with_span(active.span))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -319,7 +319,7 @@ class stage:
     def _wrap_coroutine_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         async def traced(*args: Any, **kwargs: Any) -> Any:
             active = self._start(None)
-            token = context.attach(trace.set_span_in_context(active.span))
+            token = context.attach(with_span(active.span))
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -350,7 +350,7 @@ class stage:
     ) -> Generator[Any, Any, Any]:
         if active is None:
             active = self._start(parent)
-        ctx = trace.set_span_in_context(active.span, parent)
+        ctx = with_span(active.span, parent)
         items = 0
         to_send: Any = None
         to_throw: BaseException | None = None
@@ -385,7 +385,7 @@ class stage:
 
     async def _aiterate(self, agen: AsyncGenerator[Any, Any], parent: context.Context) -> AsyncGenerator[Any, Any]:
         active = self._start(parent)
-        ctx = trace.set_span_in_context(active.span, parent)
+        ctx = with_span(active.span, parent)
         items = 0
         to_send: Any = None
         to_throw: BaseException | None = None

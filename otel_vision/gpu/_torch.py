@@ -29,7 +29,8 @@ class TorchCudaBackend:
         return torch.cuda
 
     def active_device(self) -> int | None:
-        cuda = self._cuda()
+        torch = self._torch  # read here: this runs at every span start
+        cuda = torch.cuda if torch is not None else self._cuda()
         if cuda is None or not cuda.is_initialized():
             return None
         device: int = cuda.current_device()

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry import context, trace
+from opentelemetry import context
 from opentelemetry.trace import Span
 
 from otel_vision import _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
+from otel_vision._light import with_span
 from otel_vision._stage import _Active, request, stage
 
 CALL_KEY = context.create_key("otel_vision.diffusers.call")
@@ -38,7 +39,7 @@ DENOISE_STEPS = ("spans", "events", "off")
 
 
 def current_call() -> Call | None:
-    value = context.get_value(CALL_KEY)
+    value = context.get_current().get(CALL_KEY)
     return value if isinstance(value, Call) else None
 
 
@@ -69,7 +70,7 @@ class Call:
         self.step_stage = self.stages["denoise_step"]
 
     def root_context(self) -> context.Context:
-        return trace.set_span_in_context(self.root) if self.root is not None else context.get_current()
+        return with_span(self.root) if self.root is not None else context.get_current()
 
     # --- phases ---------------------------------------------------------------------------------------------------
     def enter(self, name: str) -> None:
@@ -79,7 +80,7 @@ class Call:
         self.end_phase()
         if name == "denoise":
             self.denoise = self.stages["denoise"]._start(self.root_context())
-            self.denoise_context = trace.set_span_in_context(self.denoise.span)
+            self.denoise_context = with_span(self.denoise.span)
             self.phase, self.phase_stage = self.denoise, self.stages["denoise"]
             self._read_applied_values()
             return

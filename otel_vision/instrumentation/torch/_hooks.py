@@ -19,10 +19,11 @@ from contextvars import ContextVar
 from typing import Any
 
 import torch  # noqa: TID253  # imported only by instrument_module(), which needs torch anyway
-from opentelemetry import context, trace
+from opentelemetry import context
 
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
+from otel_vision._light import with_span
 from otel_vision._stage import _Active, stage
 
 MAX_INPUTS = 4
@@ -40,7 +41,7 @@ _get_current = context.get_current
 _attach = context.attach
 _detach = context.detach
 _exc_info = sys.exc_info
-_set_span_in_context = trace.set_span_in_context
+_set_span_in_context = with_span
 _HOOK_DICTS = (
     "_forward_pre_hooks",
     "_forward_pre_hooks_with_kwargs",

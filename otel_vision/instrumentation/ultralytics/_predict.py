@@ -19,12 +19,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import context, trace
+from opentelemetry import context
 from opentelemetry.trace import Span
 
 from otel_vision import _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
+from otel_vision._light import with_span
 from otel_vision._metrics import BatchCounts, defer_batch_counts, record_batch_counts
 from otel_vision._stage import _Active, request, stage
 from otel_vision.instrumentation._wrapping import Patches
@@ -103,7 +104,7 @@ class Call:
         batch span, else the root."""
         open_span = self.track or self.batch
         span = open_span.span if open_span is not None else self.root
-        return trace.set_span_in_context(span) if span is not None else context.get_current()
+        return with_span(span) if span is not None else context.get_current()
 
     def close_open(self, exc: BaseException | None) -> None:
         """End spans left open by an exception or an abandoned stream (their end callback never came)."""
@@ -164,7 +165,7 @@ class PredictRequest(request):
 
 
 def current_call() -> Call | None:
-    value = context.get_value(CALL_KEY)
+    value = context.get_current().get(CALL_KEY)
     return value if isinstance(value, Call) else None
 
 
@@ -304,7 +305,7 @@ def on_predict_batch_start(predictor: Any) -> None:
     batch = getattr(predictor, "batch", None)
     paths = batch[0] if isinstance(batch, list | tuple) and batch else None
     starter = _sized_batch_stage(call.model_name, len(paths)) if isinstance(paths, list | tuple) else call.batch_stage
-    call.batch = starter._start(trace.set_span_in_context(call.root))
+    call.batch = starter._start(with_span(call.root))
     call.batches += 1
 
 

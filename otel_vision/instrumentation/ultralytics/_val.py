@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import trace
-
 from otel_vision import _runtime
 from otel_vision import attributes as a
+from otel_vision._light import with_span
 from otel_vision.instrumentation.ultralytics._predict import (
     HANDLERS,
     PATCHES,
@@ -87,7 +86,7 @@ def on_val_batch_start(validator: Any) -> None:
     if call is None or call.root is None:
         return
     call.close_open(None)
-    call.batch = call.batch_stage._start(trace.set_span_in_context(call.root))
+    call.batch = call.batch_stage._start(with_span(call.root))
     call.batches += 1
 
 
