@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link
@@ -36,6 +36,15 @@ def amended(
     )
 
 
+class _Mark:
+    """Put among a `Drainer`'s items by `Drainer.drain_wait`: set when everything before it has been handled."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
 class Drainer(Generic[Item]):
     """Items appended on any thread (a deque append, nothing more) and handled by one background thread every
     ``interval`` seconds, or at once by `drain` (before a flush)."""
@@ -53,6 +62,7 @@ class Drainer(Generic[Item]):
         self._thread.start()
 
     def drain(self) -> None:
+        """Handle every item appended so far, on the calling thread."""
         with self._lock:
             items = self.items
             while items:
@@ -60,10 +70,25 @@ class Drainer(Generic[Item]):
                     item = items.popleft()
                 except IndexError:
                     return
+                if type(item) is _Mark:
+                    cast(_Mark, item).done.set()
+                    continue
                 try:
                     self._handle(item)
                 except Exception:
                     report_internal_error(self._what)
+
+    def drain_wait(self, timeout: float) -> bool:
+        """Have the drainer's thread handle every item appended so far, waiting at most ``timeout`` seconds; ``True``
+        once it has. The caller holds none of our locks meanwhile, so a signal handler that interrupts it (SIGTERM
+        during a flush) can still drain."""
+        if self.stopped or not self._thread.is_alive():  # a forked child's copy, or stopped: nobody else will
+            self.drain()
+            return True
+        mark = _Mark()
+        self.items.append(mark)  # type: ignore[arg-type]  # a marker among the items, recognized by `drain`
+        self._wake.set()
+        return mark.done.wait(max(0.0, timeout))
 
     def wake(self) -> None:
         """Drain now rather than at the next interval (a backlog is building up)."""

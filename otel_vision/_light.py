@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from time import time_ns
@@ -54,6 +55,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 
+from otel_vision import _context
 from otel_vision._finished import Drainer
 
 logger = logging.getLogger("opentelemetry.sdk.trace")
@@ -95,7 +97,7 @@ _SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_
 
 def with_span(span: trace.Span, parent: otel_context.Context | None = None) -> otel_context.Context:
     """``trace.set_span_in_context(span, parent)`` (the same new context) without its two calls."""
-    return otel_context.Context({**(parent if parent is not None else otel_context.get_current()), _SPAN_KEY: span})
+    return otel_context.Context({**(parent if parent is not None else _context.get_current()), _SPAN_KEY: span})
 
 
 _PLAIN: Final = frozenset({str, int, float, bool})
@@ -208,14 +210,22 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
             _defer(ended, span)
 
     def drain(self) -> None:
-        """Hand every span ended so far to the processors (on the calling thread)."""
+        """Hand every span ended so far to the processors, on the calling thread (tests)."""
         ended = self.ended
         if ended is not None:
             ended.drain()
 
+    def hand_over(self, timeout: float) -> bool:
+        """Have every span ended so far handed to the processors (by the hand-over thread), waiting at most
+        ``timeout`` seconds; ``True`` once they have been."""
+        ended = self.ended
+        return ended.drain_wait(timeout) if ended is not None else True
+
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self.drain()
-        return super().force_flush(timeout_millis)
+        deadline = time.monotonic() + max(0, timeout_millis) / 1000
+        handed = self.hand_over(timeout_millis / 1000)
+        remaining = max(0, int((deadline - time.monotonic()) * 1000))
+        return super().force_flush(remaining) and handed
 
     def shutdown(self) -> None:
         self._stop_deferring()
@@ -338,7 +348,7 @@ class LightSpans:
         the SDK must make it. ``attributes`` (from `clean`) become the span's own."""
         if not self.processors.light:
             return None
-        held: Any = (parent if parent is not None else otel_context.get_current()).get(_SPAN_KEY)
+        held: Any = (parent if parent is not None else _context.get_current()).get(_SPAN_KEY)
         if type(held) in _OWN_SPANS:
             parent_context: SpanContext = held._context  # what their get_span_context() returns
         else:

@@ -93,6 +93,10 @@ class Handle:
     _setup_thread: threading.Thread | None = None
     _handed_over: bool = False
     """Set (with ``_state`` held) once the setup thread has published the whole pipeline."""
+    _shutting_down_on: int | None = None
+    """The thread running `shutdown` now."""
+    _terminate_after: bool = False
+    """A SIGTERM came while `shutdown` ran on the thread it interrupted: the process ends once that is done."""
 
     @property
     def enabled(self) -> bool:
@@ -135,7 +139,8 @@ class Handle:
             return False
         exports = self._exports
         if self._span_ends is not None:
-            self._span_ends.drain()  # before the duration metrics are drained: they come from these spans
+            # Before the duration metrics are drained: they come from these spans.
+            self._span_ends.hand_over(max(0.0, deadline - time.monotonic()))
         if exports.span_metrics is not None:
             exports.span_metrics.drain()
         metric_exports = [(e, e.exports_ok, e.exports_failed) for e in exports.metric_exporters]
@@ -165,8 +170,17 @@ class Handle:
         if self.enabled and not self._ready.wait(max(0.0, timeout)) and self._give_up("shut down first"):
             return
         self._closed = True
+        self._shutting_down_on = threading.get_ident()
+        try:
+            self._shut_down(deadline, timeout)
+        finally:
+            self._shutting_down_on = None
+            if self._terminate_after:
+                _terminate()
+
+    def _shut_down(self, deadline: float, timeout: float) -> None:
         if self._span_ends is not None:
-            self._span_ends.drain()
+            self._span_ends.hand_over(max(0.0, deadline - time.monotonic()))
         if self._exports is not None and self._exports.span_metrics is not None:
             # Every span ended so far becomes a metric point before the meter provider takes its last collection
             # (they shut down in parallel below).
@@ -979,15 +993,26 @@ def _flush_on_sigterm() -> None:
 
 
 def _flush_then_terminate(signum: int, frame: object) -> None:
-    import signal
 
     handle = _active
+    if handle is not None and handle._shutting_down_on == threading.get_ident():
+        # It interrupted our own shutdown (a pool worker's exit flush, terminated meanwhile): let that finish,
+        # bounded as it is, and end the process then.
+        handle._terminate_after = True
+        return
     if handle is not None:
         # On another thread: the signal may have interrupted this thread inside one of our locks.
         timeout = _limits.exit_timeout()
         flusher = threading.Thread(target=handle.shutdown, args=(timeout,), daemon=True)
         flusher.start()
         flusher.join(timeout + 0.5)
+    _terminate()
+
+
+def _terminate() -> None:
+    """What SIGTERM does by default: end the process, by that signal."""
+    import signal
+
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -15,7 +15,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from otel_vision import _runtime
+from otel_vision import _context, _runtime
 from otel_vision._errors import describe_exception, error_type, report_internal_error
 from otel_vision._light import LightSpan, LightSpans, with_span
 from otel_vision._metrics import Instruments
@@ -76,12 +76,8 @@ def _qualified_name(exc: BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _detach(token: object) -> None:
-    """Restore the previous context; never raises (at the recursion limit even this can fail)."""
-    try:
-        context.detach(token)  # type: ignore[arg-type]  # a Token from context.attach()
-    except Exception:
-        pass
+_detach = _context.detach
+"""Restore the previous context; never raises (at the recursion limit even this can fail)."""
 
 
 _unended: list[Span] = []
@@ -238,7 +234,7 @@ class stage:
     def run(self, parent: context.Context | None, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Call ``fn`` as this stage under an explicit parent context (used by the instrumentors)."""
         active = self._start(parent)
-        token = context.attach(with_span(active.span, parent))
+        token = _context.attach(with_span(active.span, parent))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -252,7 +248,7 @@ class stage:
     # --- context manager --------------------------------------------------------------------------------------
     def __enter__(self) -> Span:
         active = self._start(None)
-        active.token = context.attach(with_span(active.span))
+        active.token = _context.attach(with_span(active.span))
         if self._cv is None:
             # A ContextVar (not an attribute) holds the running stage, so one stage object can be entered from
             # several threads or tasks at once, and nested in itself.
@@ -296,7 +292,7 @@ class stage:
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn`` as this stage under the current context; a returned generator is traced over its iteration."""
         active = self._start(None)
-        token = context.attach(with_span(active.span))
+        token = _context.attach(with_span(active.span))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -306,7 +302,7 @@ class stage:
             _detach(token)
         if type(result) is GeneratorType:
             # A function returning a generator (stream=True APIs): the stage goes on over the iteration.
-            return self._iterate(result, context.get_current(), active)
+            return self._iterate(result, _context.get_current(), active)
         self._finish(active, None)
         return result
 
@@ -319,7 +315,7 @@ class stage:
     def _wrap_coroutine_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         async def traced(*args: Any, **kwargs: Any) -> Any:
             active = self._start(None)
-            token = context.attach(with_span(active.span))
+            token = _context.attach(with_span(active.span))
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -335,13 +331,13 @@ class stage:
     def _wrap_generator_function(self, fn: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Any]:
         def traced(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # Creating the generator runs none of its code; the stage starts at the first next().
-            return self._iterate(fn(*args, **kwargs), context.get_current(), None)
+            return self._iterate(fn(*args, **kwargs), _context.get_current(), None)
 
         return traced
 
     def _wrap_async_generator_function(self, fn: Callable[..., AsyncGenerator[Any, Any]]) -> Callable[..., Any]:
         def traced(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-            return self._aiterate(fn(*args, **kwargs), context.get_current())
+            return self._aiterate(fn(*args, **kwargs), _context.get_current())
 
         return traced
 
@@ -355,7 +351,7 @@ class stage:
         to_send: Any = None
         to_throw: BaseException | None = None
         while True:
-            token = context.attach(ctx)
+            token = _context.attach(ctx)
             try:
                 item = gen.send(to_send) if to_throw is None else gen.throw(to_throw)
             except StopIteration as stop:
@@ -372,7 +368,7 @@ class stage:
                 to_send = yield item
             except GeneratorExit:
                 # close() by the consumer or garbage collection: close the inner generator under our span.
-                token = context.attach(ctx)
+                token = _context.attach(ctx)
                 try:
                     gen.close()
                 finally:
@@ -390,7 +386,7 @@ class stage:
         to_send: Any = None
         to_throw: BaseException | None = None
         while True:
-            token = context.attach(ctx)
+            token = _context.attach(ctx)
             try:
                 item = await (agen.asend(to_send) if to_throw is None else agen.athrow(to_throw))
             except StopAsyncIteration:
@@ -406,7 +402,7 @@ class stage:
             try:
                 to_send = yield item
             except GeneratorExit:
-                token = context.attach(ctx)
+                token = _context.attach(ctx)
                 try:
                     await agen.aclose()
                 finally:
@@ -483,7 +479,7 @@ class batch(stage):
 
     Args:
         name: the stage name of the batch and member spans.
-        requests: the requests served: `Context` objects (e.g. ``opentelemetry.context.get_current()`` captured when
+        requests: the requests served: `Context` objects (e.g. ``opentelemetry._context.get_current()`` captured when
             each job was enqueued), `SpanContext` objects or spans. Entries without a valid span are skipped and
             counted (``vision.batch.skipped`` on the span, ``vision.batch.skipped_requests``), never raised. When
             decorating, a function of the decorated function's arguments that returns them.
@@ -593,7 +589,7 @@ def queue_wait(enqueued_at_ns: int, attributes: Mapping[str, AttributeValue] | N
     """Record how long a job waited in a queue: a ``queue`` span from ``enqueued_at_ns`` until now.
 
     ```python
-    job = Job(payload, context=opentelemetry.context.get_current(), enqueued_at=time.time_ns())
+    job = Job(payload, context=opentelemetry._context.get_current(), enqueued_at=time.time_ns())
     ...                                                      # in the worker, under job.context:
     otel_vision.queue_wait(job.enqueued_at, attributes={"vision.model.name": "pix2pix"})
     ```

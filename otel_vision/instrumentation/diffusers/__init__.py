@@ -35,7 +35,7 @@ from typing import Any
 from opentelemetry import context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
 
-from otel_vision import _config
+from otel_vision import _config, _context
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision.instrumentation._wrapping import Patches
@@ -373,11 +373,11 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         except Exception:
             report_internal_error("diffusers pipeline wrapper")
             return wrapped(*args, **kwargs)
-        token = context.attach(context.set_value(_call.CALL_KEY, call))
+        token = _context.attach(context.set_value(_call.CALL_KEY, call))
         try:
             return root.call(wrapped, *args, **kwargs)
         finally:
-            context.detach(token)
+            _context.detach(token)
 
     def _root_attributes(
         self, pipe: Any, hooks: _PipelineHooks, options: _Options, args: Any, kwargs: dict[str, Any]

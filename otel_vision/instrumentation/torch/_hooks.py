@@ -19,8 +19,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import torch  # noqa: TID253  # imported only by instrument_module(), which needs torch anyway
-from opentelemetry import context
 
+from otel_vision import _context
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision._light import with_span
@@ -37,9 +37,9 @@ _STACK: ContextVar[tuple[tuple[int, bool, _Active | None, stage | None], ...]] =
 _is_tracing: Any = torch._C._is_tracing  # what torch.jit.is_tracing() asks, without its Python overhead
 # Bound once: the hooks run on every forward of an instrumented module.
 _Tensor = torch.Tensor
-_get_current = context.get_current
-_attach = context.attach
-_detach = context.detach
+_get_current = _context.get_current
+_attach = _context.attach
+_detach = _context.detach
 _exc_info = sys.exc_info
 _set_span_in_context = with_span
 _HOOK_DICTS = (
@@ -184,7 +184,7 @@ def post_hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
     try:
         owner._finish(active, exc)
     finally:
-        _detach(active.token)  # type: ignore[arg-type]  # the Token attach() returned in PreHook
+        _detach(active.token)  # the Token attach() returned in PreHook
 
 
 def is_ours(hook: Any) -> bool:

@@ -38,6 +38,7 @@ from typing import Any
 from opentelemetry import context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
 
+from otel_vision import _context
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision.instrumentation._wrapping import Patches
@@ -207,11 +208,11 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
         except Exception:
             report_internal_error(f"ultralytics {operation} wrapper")
             return wrapped(*args, **kwargs)
-        token = context.attach(context.set_value(_predict.CALL_KEY, call))
+        token = _context.attach(context.set_value(_predict.CALL_KEY, call))
         try:
             return root.call(wrapped, *args, **kwargs)
         finally:
-            context.detach(token)
+            _context.detach(token)
 
 
 def _traced(stage_name: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
