@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanContext, StatusCode, TraceFlags
 
 import otel_vision
-from otel_vision._light import LightSpan
+from otel_vision._light import _SDK_SPAN_FIELDS, LightSpan
 from otel_vision.testing import CapturedTelemetry, capture_telemetry
 
 
@@ -279,6 +279,7 @@ def test_is_an_sdk_span() -> None:
                 assert [e.name for e in span.events] == ["e"] and span.links == () and span.dropped_attributes == 0
                 assert '"name": "inference"' in span.to_json()
                 assert repr(span).startswith('LightSpan(name="inference"')
+                assert set(vars(span)) == _SDK_SPAN_FIELDS  # the fields an SDK span holds, no more, no fewer
             assert not span.is_recording()
         assert len(telemetry.spans()) == 2
 
