@@ -57,15 +57,16 @@ class Drainer(Generic[Item]):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self.stopped = False
-        """Set by `stop`, after its drain."""
+        """Set by `stop`, before its last drain."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def drain(self) -> None:
-        """Handle every item appended so far, on the calling thread."""
+        """Handle every item appended before the call, on the calling thread (items appended meanwhile wait for the
+        next drain: a drain ends, however fast others append)."""
         with self._lock:
             items = self.items
-            while items:
+            for _ in range(len(items)):
                 try:
                     item = items.popleft()
                 except IndexError:
@@ -101,8 +102,8 @@ class Drainer(Generic[Item]):
             self.drain()
 
     def stop(self) -> None:
-        """Drain and end the thread. An item appended concurrently is drained by `drain` or by its appender, which
-        checks `stopped` after appending."""
-        self.drain()
+        """End the thread, then drain. An appender checks `stopped` after appending: it saw ``False`` only if its
+        item was there before this drain, and drains itself otherwise."""
         self.stopped = True
         self._wake.set()
+        self.drain()

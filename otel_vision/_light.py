@@ -186,6 +186,8 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
         self.light = light
         self.ended: Drainer[ReadableSpan] | None = None
         """Spans waiting for the processors' ``on_end`` (``None``: they are handed over on the spot)."""
+        self._retired: Drainer[ReadableSpan] | None = None
+        """The hand-over once deferring stopped: a span appended to it as it stopped goes before any later one."""
         if deferred:
             self.ended = Drainer(self._hand_over, "ended spans", "otel-vision-span-ends", ENDS_INTERVAL_S)
             if hasattr(os, "register_at_fork"):
@@ -204,10 +206,13 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         ended = self.ended
-        if ended is None:
-            super().on_end(span)
-        else:
+        if ended is not None:
             _defer(ended, span)
+            return
+        retired = self._retired
+        if retired is not None and retired.items:
+            retired.drain()  # spans that ended before this one, appended while deferring stopped
+        super().on_end(span)
 
     def drain(self) -> None:
         """Hand every span ended so far to the processors, on the calling thread (tests)."""
@@ -234,18 +239,22 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
     def discard(self) -> int:
         """The pipeline will not complete: forget the spans waiting (later ones go to the processors, which count
         them as lost); return how many there were."""
-        ended, self.ended = self.ended, None
+        ended = self.ended
         if ended is None:
             return 0
         count = len(ended.items)
         ended.items.clear()
-        ended.stop()
+        self._stop_deferring()
         return count
 
     def _stop_deferring(self) -> None:
-        ended, self.ended = self.ended, None
+        ended = self.ended
         if ended is not None:
-            ended.stop()  # hands over what waits; a span ended meanwhile is handed over by its own thread
+            # Stopped while still in place: a span that ends meanwhile is appended after the waiting ones and handed
+            # over by its own thread; after that, `on_end` hands over any such span before its own.
+            ended.stop()
+            self._retired = ended
+            self.ended = None
 
     def _hand_over(self, span: ReadableSpan) -> None:
         if type(span) is LightSpan:
@@ -256,19 +265,24 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
 ENDS_INTERVAL_S: Final = 0.1
 ENDS_BACKLOG: Final = 512
 """Ended spans that wake the hand-over thread before its interval."""
+ENDS_LIMIT: Final = 4096
+"""Ended spans waiting beyond which the threads that end spans hand them over themselves: the list never grows
+faster than the processors take it (a thread ending spans nonstop pays for them, as it would without the hand-over
+thread)."""
 
 
 def _defer(ended: Drainer[ReadableSpan], span: ReadableSpan) -> None:
     items = ended.items
     items.append(span)
-    if len(items) == ENDS_BACKLOG or ended.stopped:
+    waiting = len(items)
+    if waiting == ENDS_BACKLOG or waiting >= ENDS_LIMIT or ended.stopped:
         _follow_up(ended)
 
 
 def _follow_up(ended: Drainer[ReadableSpan]) -> None:
-    """After a span was appended to ``ended``: wake its thread when a backlog builds up; hand the span over here when
-    the thread stopped meanwhile (nobody else will)."""
-    if ended.stopped:
+    """After a span was appended to ``ended``: wake its thread when a backlog builds up; hand spans over here when
+    too many wait, or when the thread stopped meanwhile (nobody else will)."""
+    if ended.stopped or len(ended.items) >= ENDS_LIMIT:
         ended.drain()
     else:
         ended.wake()
@@ -515,7 +529,8 @@ class LightSpan(Span):
             # handed over exactly once (the snapshot is taken there, in `SpanProcessors._hand_over`).
             items = ended.items
             items.append(self)
-            if len(items) == ENDS_BACKLOG or ended.stopped:
+            waiting = len(items)
+            if waiting == ENDS_BACKLOG or waiting >= ENDS_LIMIT or ended.stopped:
                 try:
                     _follow_up(ended)
                 except RecursionError:

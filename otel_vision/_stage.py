@@ -479,7 +479,7 @@ class batch(stage):
 
     Args:
         name: the stage name of the batch and member spans.
-        requests: the requests served: `Context` objects (e.g. ``opentelemetry._context.get_current()`` captured when
+        requests: the requests served: `Context` objects (e.g. ``opentelemetry.context.get_current()`` captured when
             each job was enqueued), `SpanContext` objects or spans. Entries without a valid span are skipped and
             counted (``vision.batch.skipped`` on the span, ``vision.batch.skipped_requests``), never raised. When
             decorating, a function of the decorated function's arguments that returns them.
@@ -589,7 +589,7 @@ def queue_wait(enqueued_at_ns: int, attributes: Mapping[str, AttributeValue] | N
     """Record how long a job waited in a queue: a ``queue`` span from ``enqueued_at_ns`` until now.
 
     ```python
-    job = Job(payload, context=opentelemetry._context.get_current(), enqueued_at=time.time_ns())
+    job = Job(payload, context=opentelemetry.context.get_current(), enqueued_at=time.time_ns())
     ...                                                      # in the worker, under job.context:
     otel_vision.queue_wait(job.enqueued_at, attributes={"vision.model.name": "pix2pix"})
     ```

@@ -261,7 +261,12 @@ class FakeGpu:
 # --- captured telemetry -----------------------------------------------------------------------------------------
 @dataclass
 class CapturedTelemetry:
-    """Everything otel_vision exported during a capture."""
+    """Everything otel_vision exported during a capture.
+
+    Ended spans reach the exporters from a background thread, as with the pipeline `otel_vision.configure()`
+    builds: read them through `spans` / `span` (which flush first), or call `flush` before reading
+    ``span_exporter`` directly.
+    """
 
     handle: _setup.Handle
     span_exporter: InMemorySpanExporter

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 import otel_vision
 from otel_vision import _config, _runtime, _setup
-from otel_vision._light import ENDS_BACKLOG
+from otel_vision._light import ENDS_BACKLOG, ENDS_LIMIT
 from otel_vision.testing import CapturedTelemetry
 
 WAIT_S = 10.0
@@ -119,3 +119,79 @@ def test_flush_and_shutdown_hand_over_what_waits(pipeline: tuple[_setup.Handle, 
         pass
     handle.shutdown()
     assert exporter.names() == ["flushed", "at-shutdown"]
+
+
+def test_a_processor_added_while_the_hand_over_is_busy_keeps_children_before_their_root(
+    vision_telemetry: CapturedTelemetry,
+) -> None:
+    """The hand-over thread is inside a slow export when a child ends and the application adds a processor; the
+    child's root then ends on the spot, but after the child (the order the tail sampler relies on)."""
+    exporter = vision_telemetry.span_exporter
+    export = exporter.export
+
+    def slow_export(spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if any(s.name == "slow" for s in spans):
+            time.sleep(0.5)
+        return export(spans)
+
+    exporter.export = slow_export  # type: ignore[method-assign]
+    with otel_vision.stage("slow"):
+        pass
+    deadline = time.monotonic() + WAIT_S  # until the hand-over thread is inside the slow export
+    while vision_telemetry.handle._span_ends.ended.items and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    root = otel_vision.stage("root")
+    root.__enter__()
+    with otel_vision.stage("child"):
+        pass
+    provider = vision_telemetry.handle.tracer_provider
+    assert provider is not None
+    adder = threading.Thread(target=provider.add_span_processor, args=(SimpleSpanProcessor(Recording()),))
+    adder.start()
+    time.sleep(0.05)  # the adder waits for the hand-over thread
+    root.__exit__(None, None, None)
+    adder.join(WAIT_S)
+    assert [s.name for s in vision_telemetry.spans()] == ["slow", "child", "root"]
+
+
+def test_threads_ending_spans_nonstop_cannot_outrun_the_hand_over_or_stall_shutdown(
+    pipeline: tuple[_setup.Handle, Recording],
+) -> None:
+    """Three threads end spans as fast as they can: the spans waiting stay bounded (the threads hand over
+    themselves past `ENDS_LIMIT`), every span ended before the shutdown is exported, and ``shutdown(1.0)`` returns
+    within its bound although they go on ending spans."""
+    handle, exporter = pipeline
+    stop = threading.Event()
+    before: list[int] = [0, 0, 0]
+    shutting_down = threading.Event()
+    peak = 0
+
+    def work(i: int) -> None:
+        deadline = time.monotonic() + WAIT_S  # stops by itself
+        while not stop.is_set() and time.monotonic() < deadline:
+            with otel_vision.stage(f"w{i}"):
+                pass
+            if not shutting_down.is_set():
+                before[i] += 1
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for worker in workers:
+        worker.start()
+    assert handle._span_ends is not None and handle._span_ends.ended is not None
+    ended = handle._span_ends.ended
+    watch_until = time.monotonic() + 1.0
+    while time.monotonic() < watch_until:
+        peak = max(peak, len(ended.items))
+        time.sleep(0.001)
+    shutting_down.set()
+    started = time.monotonic()
+    handle.shutdown(1.0)
+    took = time.monotonic() - started
+    stop.set()
+    for worker in workers:
+        worker.join(WAIT_S)
+    assert peak <= ENDS_LIMIT + 8, peak
+    assert took < 1.0 + 1.5, took  # the documented bound is the timeout + 0.5 s; slack for a loaded CI machine
+    names = exporter.names()
+    for i in range(3):
+        assert names.count(f"w{i}") >= before[i] - 1  # a span that was ending as the shutdown began may be late
