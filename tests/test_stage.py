@@ -349,24 +349,26 @@ def test_a_used_stage_copies_and_pickles_and_still_traces(vision_telemetry: Capt
         "copy": copy.copy,
         "pickle": lambda obj: pickle.loads(pickle.dumps(obj)),
     }[how]
-    root = otel_vision.request("handle", attributes={"vision.model.name": "m"})
-    as_block = otel_vision.stage("preprocess", attributes={"vision.batch.size": 2})
-    as_call = otel_vision.stage("inference")
-    group = otel_vision.batch("postprocess", requests=[])
-    with root:
-        with as_block:
-            pass
-        as_call.call(lambda: None)
-        with group:
-            pass
+
+    def use(
+        root: otel_vision.request, as_block: otel_vision.stage, as_call: otel_vision.stage, group: otel_vision.batch
+    ) -> None:
+        with root:
+            with as_block:
+                pass
+            as_call.call(lambda: None)
+            with group:
+                pass
+
+    stages = (
+        otel_vision.request("handle", attributes={"vision.model.name": "m"}),
+        otel_vision.stage("preprocess", attributes={"vision.batch.size": 2}),
+        otel_vision.stage("inference"),
+        otel_vision.batch("postprocess", requests=[]),
+    )
+    use(*stages)
     vision_telemetry.clear()
-    root, as_block, as_call, group = (duplicate(s) for s in (root, as_block, as_call, group))
-    with root:
-        with as_block:
-            pass
-        as_call.call(lambda: None)
-        with group:
-            pass
+    use(*(duplicate(s) for s in stages))
     spans = {s.name: s for s in vision_telemetry.spans()}
     assert set(spans) == {"handle", "preprocess", "inference", "postprocess"}
     assert dict(spans["preprocess"].attributes or {}) == {"vision.stage": "preprocess", "vision.batch.size": 2}
