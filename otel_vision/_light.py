@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from types import MappingProxyType
 from typing import Any, Final
@@ -56,6 +56,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.util import types
 
 from otel_vision import _context
+from otel_vision._errors import report_internal_error
 from otel_vision._finished import Drainer
 
 logger = logging.getLogger("opentelemetry.sdk.trace")
@@ -188,6 +189,8 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
         """Spans waiting for the processors' ``on_end`` (``None``: they are handed over on the spot)."""
         self._retired: Drainer[ReadableSpan] | None = None
         """The hand-over once deferring stopped: a span appended to it as it stopped goes before any later one."""
+        self.completions: dict[int, tuple[LightSpan, Callable[[LightSpan], None]]] = {}
+        """Work left on spans that have not reached the processors yet, by span id (`complete_later`)."""
         if deferred:
             self.ended = Drainer(self._hand_over, "ended spans", "otel-vision-span-ends", ENDS_INTERVAL_S)
             if hasattr(os, "register_at_fork"):
@@ -244,6 +247,7 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
             return 0
         count = len(ended.items)
         ended.items.clear()
+        self.completions.clear()
         self._stop_deferring()
         return count
 
@@ -258,8 +262,40 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
 
     def _hand_over(self, span: ReadableSpan) -> None:
         if type(span) is LightSpan:
+            if self.completions:
+                self.complete(span)
             span = span._readable_span()
         super().on_end(span)
+
+    def complete(self, span: LightSpan) -> None:
+        """Do the work `complete_later` left on ``span``, if any (before its snapshot is taken)."""
+        entry = self.completions.pop(id(span), None)
+        if entry is None or entry[0] is not span:
+            return
+        try:
+            entry[1](span)
+        except Exception:
+            report_internal_error("completing an ended span")
+
+
+def complete_later(span: trace.Span, complete: Callable[[LightSpan], None]) -> bool:
+    """Have ``complete(span)`` run on the hand-over thread once ``span`` has ended, before its processors get it (it
+    adds what it finds with `LightSpan.amend`); ``False``, and nothing done, when ``span`` is handed over on the spot
+    (then the caller does the work itself, before ending it).
+
+    For work that reads objects the caller holds but needs nothing of the calling thread (a batch's detections, read
+    from result tensors on the host): the thread that runs the model pays for a dictionary store instead.
+    """
+    if type(span) is not LightSpan:
+        return False
+    processors: SpanProcessors = span._span_processor  # type: ignore[assignment]  # `LightSpans.processors`
+    if processors.ended is None or span._end_time is not None:
+        return False
+    completions = processors.completions
+    if len(completions) >= ENDS_LIMIT:
+        return False  # spans registered and never ended (never expected): do the work on the spot
+    completions[id(span)] = (span, complete)
+    return True
 
 
 ENDS_INTERVAL_S: Final = 0.1
@@ -294,6 +330,7 @@ def _in_child(ref: weakref.ref[SpanProcessors]) -> None:
     processors = ref()
     if processors is not None and processors.ended is not None:
         processors.ended.items.clear()
+        processors.completions.clear()
         processors.ended = None
 
 
@@ -513,6 +550,29 @@ class LightSpan(Span):
                 return
         logger.warning("Tried calling %s on an ended span.", method)
 
+    def amend(
+        self, attributes: Mapping[str, types.AnyValue], events: Sequence[tuple[str, types.Attributes, int | None]]
+    ) -> None:
+        """Add ``events`` (name, attributes, timestamp) and ``attributes`` to this ended span, as `add_event` and
+        `set_attributes` would have before its end: for `complete_later`'s work, on the hand-over thread, which is
+        the only one holding the span then."""
+        with self._lock:
+            end_time, self._end_time = self._end_time, None
+            held: Any = self._attributes
+            if type(held) is not dict:
+                held._immutable = False
+        try:
+            for name, event_attributes, timestamp in events:
+                self.add_event(name, event_attributes, timestamp)
+            if attributes:
+                self.set_attributes(attributes)
+        finally:
+            with self._lock:
+                self._end_time = end_time
+                held = self._attributes
+                if type(held) is not dict:
+                    held._immutable = True
+
     def end(self, end_time: int | None = None) -> None:
         with self._lock:
             if self._end_time is not None:
@@ -536,6 +596,8 @@ class LightSpan(Span):
                 except RecursionError:
                     pass  # a wake-up missed; the thread's next round hands it over
             return
+        if processors.completions:
+            processors.complete(self)  # registered while the hand-over ran, which stopped before this end
         try:
             processors.on_end(self._readable_span())
         except RecursionError:

@@ -9,12 +9,13 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import otel_vision
 from otel_vision import _config, _runtime, _setup
-from otel_vision._light import ENDS_BACKLOG, ENDS_LIMIT
+from otel_vision._light import ENDS_BACKLOG, ENDS_LIMIT, LightSpan, complete_later
 from otel_vision.testing import CapturedTelemetry
 
 WAIT_S = 10.0
@@ -195,3 +196,92 @@ def test_threads_ending_spans_nonstop_cannot_outrun_the_hand_over_or_stall_shutd
     names = exporter.names()
     for i in range(3):
         assert names.count(f"w{i}") >= before[i] - 1  # a span that was ending as the shutdown began may be late
+
+
+def _light_stage_span(name: str) -> tuple[otel_vision.stage, LightSpan]:
+    """A stage entered under a root, so its span is a light one; the caller exits it."""
+    stage = otel_vision.stage(name)
+    span = stage.__enter__()
+    assert type(span) is LightSpan
+    return stage, span
+
+
+def test_work_left_on_a_span_is_done_on_the_hand_over_thread_before_its_export(
+    vision_telemetry: CapturedTelemetry,
+) -> None:
+    """`complete_later`: the work runs on the hand-over thread after the span ended and before any processor gets
+    it; what it adds (events with their timestamps, attributes, after ones the SDK had to clean) is exported, and the
+    exported span is as immutable as any other."""
+    ran_on: list[str] = []
+
+    def complete(span: LightSpan) -> None:
+        ran_on.append(threading.current_thread().name)
+        assert span.end_time is not None
+        span.amend({"found": 3, "vision.stage": "renamed"}, [("image", {"index": 0}, span.start_time + 1)])
+
+    with otel_vision.request("predict"):
+        stage, span = _light_stage_span("batch")
+        span.set_attribute("mixed", [1, "a"])  # the SDK cleans this one: BoundedAttributes from here on
+        assert complete_later(span, complete)
+        stage.__exit__(None, None, None)
+    assert not ran_on  # nothing on the ending thread
+    vision_telemetry.handle.force_flush()
+    (batch,) = vision_telemetry.spans("batch")
+    assert ran_on == ["otel-vision-span-ends"]
+    assert list(batch.attributes.items())[-2:] == [("found", 3), ("vision.stage", "renamed")]
+    assert [(e.name, dict(e.attributes), e.timestamp) for e in batch.events] == [
+        ("image", {"index": 0}, batch.start_time + 1)
+    ]
+    with pytest.raises(TypeError):
+        batch.attributes["later"] = 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize("pipeline", [False], indirect=True)
+def test_work_is_left_to_the_caller_when_spans_are_handed_over_on_the_spot(
+    pipeline: tuple[_setup.Handle, Recording],
+) -> None:
+    with otel_vision.request("predict"):
+        stage, span = _light_stage_span("batch")
+        assert not complete_later(span, lambda s: None)
+        stage.__exit__(None, None, None)
+    assert complete_later(trace.INVALID_SPAN, lambda s: None) is False
+
+
+def test_work_left_before_a_processor_came_is_done_by_the_ending_thread(vision_telemetry: CapturedTelemetry) -> None:
+    """Left while spans were handed over later; the application then added a processor of its own, so the span
+    goes to the processors on the spot as it ends: the work is done there first, on that thread."""
+    ran_on: list[str] = []
+    added = Recording()
+
+    def complete(span: LightSpan) -> None:
+        ran_on.append(threading.current_thread().name)
+        span.amend({"found": 1}, ())
+
+    with otel_vision.request("predict"):
+        stage, span = _light_stage_span("batch")
+        assert complete_later(span, complete)
+        provider = vision_telemetry.handle.tracer_provider
+        assert provider is not None
+        provider.add_span_processor(SimpleSpanProcessor(added))
+        stage.__exit__(None, None, None)
+        assert ran_on == [threading.current_thread().name]
+        assert added.names() == ["batch"]
+    assert vision_telemetry.span("batch").attributes["found"] == 1
+
+
+def test_work_that_fails_loses_nothing_but_itself(
+    vision_telemetry: CapturedTelemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(span: LightSpan) -> None:
+        raise RuntimeError("summary failed")
+
+    with otel_vision.request("predict"):
+        stage, span = _light_stage_span("batch")
+        span.set_attribute("kept", 1)
+        assert complete_later(span, broken)
+        stage.__exit__(None, None, None)
+    with caplog.at_level("WARNING"):
+        vision_telemetry.handle.force_flush()
+    assert vision_telemetry.span("batch").attributes["kept"] == 1
+    assert len(vision_telemetry.spans()) == 2
+    assert "completing an ended span" in caplog.text

@@ -130,6 +130,42 @@ class TestPredict:
             for metric, root in zip(("vision.detections", "vision.images"), roots, strict=True)
         }
 
+    def test_batch_summary_is_the_same_handed_over_later_or_on_the_spot(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """The batch summary and the root's attributes are made on the hand-over thread when spans are handed over
+        later, on the inference thread when a processor of the application's gets them on the spot: the same
+        attributes (the batch's in the same order), the same image events and the same metrics either way."""
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        model.predict([BUS, ZIDANE], conf=1e-4, **FAST)  # load and warm-up out of the way
+        vision_telemetry.clear()
+        model.predict([BUS, ZIDANE], conf=1e-4, **FAST)
+        later, later_root = vision_telemetry.span("batch"), vision_telemetry.span("predict")
+        provider = vision_telemetry.handle.tracer_provider
+        assert provider is not None
+        on_the_spot = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(on_the_spot))
+        model.predict([BUS, ZIDANE], conf=1e-4, **FAST)
+        (spot,) = [s for s in on_the_spot.get_finished_spans() if s.name == "batch"]
+        (spot_root,) = [s for s in on_the_spot.get_finished_spans() if s.name == "predict"]
+        assert dict(later_root.attributes) == dict(spot_root.attributes)  # the root's, made later or not
+        assert later_root.attributes["vision.device"] == "cpu" and later_root.attributes["vision.input.size"] == 160
+
+        def summary(span: Any) -> tuple[Any, ...]:
+            images = [dict(e.attributes) for e in span.events if e.name == "image"]
+            assert all(span.start_time <= e.timestamp <= span.end_time for e in span.events)
+            return list(span.attributes.items()), images
+
+        assert summary(later) == summary(spot)
+        assert later.attributes["vision.detections.count"] > 0
+        assert all("vision.detections.classes" in image for image in summary(spot)[1])
+        (hist,) = vision_telemetry.points("vision.detections")
+        (images,) = vision_telemetry.points("vision.images")
+        assert hist.count == 6 and hist.sum == 3 * later.attributes["vision.detections.count"]  # three predicts
+        assert images.value == 6
+
     def test_batch_larger_than_the_image_events(
         self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
     ) -> None:

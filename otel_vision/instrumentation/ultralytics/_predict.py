@@ -17,7 +17,8 @@ import functools
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from time import time_ns
+from typing import Any, NamedTuple
 
 from opentelemetry import context
 from opentelemetry.trace import Span
@@ -25,7 +26,7 @@ from opentelemetry.trace import Span
 from otel_vision import _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
-from otel_vision._light import with_span
+from otel_vision._light import LightSpan, complete_later, with_span
 from otel_vision._metrics import BatchCounts, defer_batch_counts, record_batch_counts
 from otel_vision._stage import _Active, request, stage
 from otel_vision.instrumentation._wrapping import Patches
@@ -42,11 +43,26 @@ def model_name(model: Any) -> str:
     source = getattr(model, "ckpt_path", None) or getattr(model, "model_name", None) or getattr(model, "cfg", None)
     if not source:
         return type(getattr(model, "model", model)).__name__
+    if type(source) is str:
+        name = _NAMES.get(source)
+        if name is None:
+            if len(_NAMES) >= _MAX_MODELS:
+                _NAMES.clear()
+            name = _NAMES[source] = _name_of(source)
+        return name
+    return _name_of(source)
+
+
+def _name_of(source: Any) -> str:
     name = str(source).replace("\\", "/").rsplit("/", 1)[-1]
     for suffix in (".pt", ".yaml", ".yml", ".onnx", ".engine", ".torchscript"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+_NAMES: dict[str, str] = {}
+"""Model names by the path they come from (`model_name`, once per path)."""
 
 
 class Call:
@@ -282,18 +298,30 @@ def on_predict_start(predictor: Any) -> None:
         return
     call.engine = predictor
     wrap_engine_class(type(predictor), PREDICTOR_METHODS, traced_predictor_method, PATCHES)
-    args = predictor.args
-    backend = getattr(predictor, "model", None)
+    # What the root's attributes are made of, taken now; they are made on the hand-over thread when it runs (the
+    # arguments object is the call's own: ultralytics makes a new one per call), here otherwise.
+    found = (predictor.args, getattr(predictor, "device", ""), getattr(predictor, "model", None))
+    kind = call.source_kind or _source_kind(predictor)
+    if not complete_later(call.root, functools.partial(_amend_root, found, kind)):
+        call.root.set_attributes(_root_attributes(found, kind))
+
+
+def _root_attributes(found: tuple[Any, Any, Any], kind: str | None) -> dict[str, Any]:
+    args, device, backend = found
     attrs: dict[str, Any] = {
         a.VISION_TASK: getattr(args, "task", None),
-        a.VISION_DEVICE: str(getattr(predictor, "device", "")) or None,
+        a.VISION_DEVICE: str(device) or None,
         a.VISION_HALF: bool(getattr(backend, "fp16", False)),
-        a.VISION_SOURCE_KIND: call.source_kind or _source_kind(predictor),
+        a.VISION_SOURCE_KIND: kind,
     }
     imgsz = getattr(args, "imgsz", None)
     if imgsz is not None:
         attrs[a.VISION_INPUT_SIZE] = list(imgsz) if isinstance(imgsz, list | tuple) else int(imgsz)
-    call.root.set_attributes({k: v for k, v in attrs.items() if v is not None})
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def _amend_root(found: tuple[Any, Any, Any], kind: str | None, span: LightSpan) -> None:
+    span.amend(_root_attributes(found, kind), ())
 
 
 def on_predict_batch_start(predictor: Any) -> None:
@@ -373,10 +401,13 @@ def _top_classes(class_ids: list[int], names: Any) -> list[str]:
 def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
     """Detections per batch and per image (bounded), ``vision.images`` and ``vision.detections`` metrics.
 
-    Counts come from tensor shapes (host-side). Class names need the class ids: on CPU they are read at once, per
-    image; on CUDA they are copied asynchronously to pinned memory and summarized for the whole batch in the export
-    path (``vision.detections.classes`` on the batch span), so the inference thread never waits for the device. The
-    metrics are recorded from the finished batch span in the export path too (`record_batch_metrics`).
+    Counts come from tensor shapes (host-side). The inference thread only takes, per image, its shape, its boxes and
+    its class names (`_found`); the summary is made from them on the hand-over thread before the span is exported
+    (`otel_vision._light.complete_later`), or here when spans are handed over on the spot. Class names need the
+    class ids: on the host they are read with the summary, per image; on CUDA they are copied asynchronously to pinned
+    memory on this thread and summarized for the whole batch in the export path (``vision.detections.classes`` on
+    the batch span), so the inference thread never waits for the device. The metrics are recorded from the finished
+    batch span in the export path too (`record_batch_metrics`).
     """
     span = active.span
     results = getattr(predictor, "results", None)
@@ -385,23 +416,60 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
         if results is not None:
             span.set_attribute(a.VISION_SUMMARY_SKIPPED, True)
         return
+    found = [_found(result) for result in results]
+    images = len(found)
+    call.images += images
+    if not images:
+        return
+    if not any(on_device for _, _, _, on_device in found):
+        finish = functools.partial(_finish_summary, found, call.metric_attributes(), time_ns())
+        if complete_later(span, finish):
+            return
+    summary = _summary(found, None)
+    for event in summary.events:
+        span.add_event(*event)
+    if summary.attributes:
+        span.set_attributes(summary.attributes)
+    record_batch_metrics(active, call, summary.detections, images)
+    if summary.device_classes:
+        _defer_batch_classes(active, summary.device_classes, summary.names)
+
+
+def _found(result: Any) -> tuple[Any, Any, Any, bool]:
+    """What the summary reads of one result: its ``orig_shape``, its boxes (``boxes``, else ``obb``), its class
+    names, and whether the boxes are on a device."""
+    boxes = getattr(result, "boxes", None)
+    if boxes is None:
+        boxes = getattr(result, "obb", None)
+    on_device = boxes is not None and getattr(getattr(boxes, "data", None), "is_cuda", False) is True
+    return getattr(result, "orig_shape", None), boxes, getattr(result, "names", None), on_device
+
+
+class _Summary(NamedTuple):
+    attributes: dict[str, Any]
+    events: list[tuple[str, dict[str, Any], int | None]]
+    detections: list[int]
+    """Detections per image that has boxes."""
+    device_classes: list[Any]
+    """Class-id tensors on a device, for `_defer_batch_classes`."""
+    names: Any
+
+
+def _summary(found: list[tuple[Any, Any, Any, bool]], timestamp: int | None) -> _Summary:
+    """The batch span's ``vision.detections.count`` and its ``image`` events (the first `MAX_IMAGE_EVENTS`)."""
     detections: list[int] = []
     device_classes: list[Any] = []
+    events: list[tuple[str, dict[str, Any], int | None]] = []
     names: Any = None
-    add_event = span.add_event
-    for index, result in enumerate(results):
-        boxes = getattr(result, "boxes", None)
-        if boxes is None:
-            boxes = getattr(result, "obb", None)
+    for index, (shape, boxes, result_names, _) in enumerate(found):
         event: dict[str, Any] = {a.VISION_IMAGE_INDEX: index}
-        shape = getattr(result, "orig_shape", None)
         if shape is not None and len(shape) >= 2:
             event[a.VISION_IMAGE_HEIGHT], event[a.VISION_IMAGE_WIDTH] = int(shape[0]), int(shape[1])
         if boxes is not None:
             count = len(boxes)
             detections.append(count)
             event[a.VISION_DETECTIONS_COUNT] = count
-            names = getattr(result, "names", None)
+            names = result_names
             if count:
                 classes = boxes.cls
                 if getattr(getattr(classes, "device", None), "type", "cpu") == "cpu":
@@ -410,15 +478,19 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
                 else:
                     device_classes.append(classes)
         if index < MAX_IMAGE_EVENTS:
-            add_event("image", event)
-    images = len(results)
-    call.images += images
-    if detections:
-        span.set_attribute(a.VISION_DETECTIONS_COUNT, sum(detections))
-    if images:
-        record_batch_metrics(active, call, detections, images)
-    if device_classes:
-        _defer_batch_classes(active, device_classes, names)
+            events.append(("image", event, timestamp))
+    attributes = {a.VISION_DETECTIONS_COUNT: sum(detections)} if detections else {}
+    return _Summary(attributes, events, detections, device_classes, names)
+
+
+def _finish_summary(
+    found: list[tuple[Any, Any, Any, bool]], metric_attributes: dict[str, Any], timestamp: int, span: LightSpan
+) -> None:
+    """`summarize_batch`'s work on the hand-over thread: the summary onto the ended batch span, and its counts
+    beside it for the span metrics (which read them when the span reaches them, just after)."""
+    summary = _summary(found, timestamp)
+    span.amend(summary.attributes, summary.events)
+    defer_batch_counts(span.get_span_context().span_id, BatchCounts(metric_attributes, summary.detections, len(found)))
 
 
 def record_batch_metrics(active: _Active, call: Call, detections: list[int], images: int) -> None:
