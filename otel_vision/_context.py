@@ -36,6 +36,11 @@ get_current: Final[Callable[[], api.Context]] = _VARIABLE.get if _VARIABLE is no
 """``opentelemetry.context.get_current``."""
 
 
+def with_value(key: str, value: object) -> api.Context:
+    """``opentelemetry.context.set_value(key, value)``: the current context with ``key`` set, as a new context."""
+    return api.Context({**get_current(), key: value})
+
+
 def detach(token: object) -> None:
     """``opentelemetry.context.detach``, which never raises: a token that cannot be reset here goes to the API, which
     logs why, as it always did."""

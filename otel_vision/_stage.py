@@ -40,7 +40,7 @@ R = TypeVar("R")
 class _Active:
     """One running stage: its span, the runtime it started under, GPU bookkeeping and the host start time."""
 
-    __slots__ = ("cv_token", "gpu", "nvtx", "runtime", "span", "t0", "token")
+    __slots__ = ("cv_token", "gpu", "nvtx", "runtime", "span", "state", "t0", "token")
 
     def __init__(self, runtime: _runtime.Runtime, span: Span, gpu: object, t0: float, nvtx: int | None) -> None:
         self.runtime = runtime
@@ -50,6 +50,8 @@ class _Active:
         self.nvtx = nvtx
         self.token: object = None
         self.cv_token: object = None
+        self.state: Any = None
+        """What an instrumentor's stage keeps for this run (a shared stage object holds none of it)."""
 
 
 def record_failure(span: Span, exc: BaseException) -> str | None:
@@ -176,7 +178,7 @@ class stage:
         try:
             if _unended:
                 _end_unended()
-            duration = perf_counter() - active.t0
+            end = perf_counter()
             failure = record_failure(span, exc) if exc is not None else None
             if failure == CUDA_OOM and runtime.gpu is not None:
                 runtime.gpu.record_allocator_state(span)
@@ -186,10 +188,11 @@ class stage:
                     span.set_attribute(VISION_ABANDONED, True)
             if active.gpu is not None and runtime.gpu is not None:
                 runtime.gpu.finish(span, active.gpu)
-            if not (runtime.span_metrics and span.is_recording()):
+            recording = span._end_time is None if type(span) is LightSpan else span.is_recording()  # no call
+            if not (runtime.span_metrics and recording):
                 # Recorded spans feed the metrics from the export path (otel_vision._span_metrics); the others
                 # (not sampled, or no pipeline of ours) are counted here, so every request is.
-                self._record(runtime.instruments, duration, failure)
+                self._record(runtime.instruments, end - active.t0, failure)
         except Exception:  # never let our bookkeeping replace the user's result or exception
             try:
                 report_internal_error("stage bookkeeping")

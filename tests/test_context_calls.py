@@ -19,6 +19,8 @@ def test_the_same_context_as_the_api_sees() -> None:
     assert api.get_value(key) == 1 and _context.get_current() is api.get_current()
     inner = api.attach(api.set_value(key, 2))  # the API's attach, inside ours
     assert _context.get_current().get(key) == 2
+    assert _context.with_value(key, 3) == api.set_value(key, 3)  # the same new context as the API's
+    assert api.get_value(key) == 2  # and, as with the API, nothing attached
     api.detach(inner)
     _context.detach(token)
     assert api.get_current() is before and _context.get_current() is before

@@ -32,7 +32,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
-from opentelemetry import context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
 
 from otel_vision import _config, _context
@@ -373,7 +372,7 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         except Exception:
             report_internal_error("diffusers pipeline wrapper")
             return wrapped(*args, **kwargs)
-        token = _context.attach(context.set_value(_call.CALL_KEY, call))
+        token = _context.attach(_context.with_value(_call.CALL_KEY, call))
         try:
             return root.call(wrapped, *args, **kwargs)
         finally:

@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry import context
 from opentelemetry.trace import Span
 
-from otel_vision import _runtime
+from otel_vision import _context, _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision._light import with_span
@@ -39,7 +39,7 @@ DENOISE_STEPS = ("spans", "events", "off")
 
 
 def current_call() -> Call | None:
-    value = context.get_current().get(CALL_KEY)
+    value = _context.get_current().get(CALL_KEY)
     return value if isinstance(value, Call) else None
 
 
@@ -70,7 +70,7 @@ class Call:
         self.step_stage = self.stages["denoise_step"]
 
     def root_context(self) -> context.Context:
-        return with_span(self.root) if self.root is not None else context.get_current()
+        return with_span(self.root) if self.root is not None else _context.get_current()
 
     # --- phases ---------------------------------------------------------------------------------------------------
     def enter(self, name: str) -> None:

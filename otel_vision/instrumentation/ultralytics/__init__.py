@@ -35,11 +35,9 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
-from opentelemetry import context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
 
 from otel_vision import _context
-from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision.instrumentation._wrapping import Patches
 from otel_vision.instrumentation.ultralytics import _predict, _val
@@ -203,12 +201,11 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseIn
             call = _predict.Call(operation, name)
             if operation != "val":
                 call.source_kind = _predict.source_kind(args[0] if args else kwargs.get("source"))
-            task = getattr(instance, "task", None) or "unknown"
-            root = _predict.PredictRequest(call, {a.VISION_MODEL_NAME: name, a.VISION_TASK: task})
+            root = _predict.PredictRequest.of(operation, name, getattr(instance, "task", None) or "unknown")
         except Exception:
             report_internal_error(f"ultralytics {operation} wrapper")
             return wrapped(*args, **kwargs)
-        token = _context.attach(context.set_value(_predict.CALL_KEY, call))
+        token = _context.attach(_context.with_value(_predict.CALL_KEY, call))
         try:
             return root.call(wrapped, *args, **kwargs)
         finally:

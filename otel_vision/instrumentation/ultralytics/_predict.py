@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from opentelemetry import context
 from opentelemetry.trace import Span
 
-from otel_vision import _runtime
+from otel_vision import _context, _runtime
 from otel_vision import attributes as a
 from otel_vision._errors import report_internal_error
 from otel_vision._light import LightSpan, complete_later, with_span
@@ -120,7 +120,7 @@ class Call:
         batch span, else the root."""
         open_span = self.track or self.batch
         span = open_span.span if open_span is not None else self.root
-        return with_span(span) if span is not None else context.get_current()
+        return with_span(span) if span is not None else _context.get_current()
 
     def close_open(self, exc: BaseException | None) -> None:
         """End spans left open by an exception or an abandoned stream (their end callback never came)."""
@@ -155,33 +155,51 @@ def _stages_for(name: str) -> dict[str, stage]:
 
 
 class PredictRequest(request):
-    """The root span of one call: closes what callbacks left open, then records the request."""
+    """The root span of a call: closes what callbacks left open, then records the request.
 
-    __slots__ = ("state",)
+    One per operation, model name and task (`PredictRequest.of`), shared by concurrent calls like every stage: the
+    running call (`Call`) is the one in the context when the root starts, kept in its `_Active`.
+    """
 
-    def __init__(self, state: Call, attributes: dict[str, Any]) -> None:
-        super().__init__(state.operation, attributes)
-        self.state = state
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, operation: str, name: str, task: str) -> PredictRequest:
+        key = (operation, name, task)
+        root = _ROOTS.get(key)
+        if root is None:
+            root = cls(operation, {a.VISION_MODEL_NAME: name, a.VISION_TASK: task})
+            if len(_ROOTS) >= _MAX_MODELS:
+                _ROOTS.clear()
+            _ROOTS[key] = root
+        return root
 
     def _start(self, parent: context.Context | None) -> _Active:
         active = super()._start(parent)
-        self.state.root = active.span
+        state = active.state = current_call()
+        if state is not None:
+            state.root = active.span
         return active
 
     def _finish(
         self, active: _Active, exc: BaseException | None, items: int | None = None, abandoned: bool = False
     ) -> None:
+        state: Call | None = active.state
         try:
-            self.state.close_open(exc)
-            counts = {a.VISION_IMAGES_COUNT: self.state.images, a.VISION_BATCHES_COUNT: self.state.batches}
-            active.span.set_attributes(counts)
+            if state is not None:
+                state.close_open(exc)
+                counts = {a.VISION_IMAGES_COUNT: state.images, a.VISION_BATCHES_COUNT: state.batches}
+                active.span.set_attributes(counts)
         except Exception:
             report_internal_error("ultralytics root span")
         super()._finish(active, exc, items, abandoned)
 
 
+_ROOTS: dict[tuple[str, str, str], PredictRequest] = {}
+
+
 def current_call() -> Call | None:
-    value = context.get_current().get(CALL_KEY)
+    value = _context.get_current().get(CALL_KEY)
     return value if isinstance(value, Call) else None
 
 
