@@ -269,8 +269,8 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
 
     def complete(self, span: LightSpan) -> None:
         """Do the work `complete_later` left on ``span``, if any (before its snapshot is taken)."""
-        entry = self.completions.pop(id(span), None)
-        if entry is None or entry[0] is not span:
+        entry = self.completions.pop(id(span), None)  # the entry holds the span: its id is not reused meanwhile
+        if entry is None:
             return
         try:
             entry[1](span)
@@ -279,9 +279,13 @@ class SpanProcessors(SynchronousMultiSpanProcessor):
 
 
 def complete_later(span: trace.Span, complete: Callable[[LightSpan], None]) -> bool:
-    """Have ``complete(span)`` run on the hand-over thread once ``span`` has ended, before its processors get it (it
-    adds what it finds with `LightSpan.amend`); ``False``, and nothing done, when ``span`` is handed over on the spot
-    (then the caller does the work itself, before ending it).
+    """Have ``complete(span)`` run once ``span`` has ended, before its processors get it: on the hand-over thread
+    (or on the ending thread, when deferring stopped meanwhile); it adds what it finds with `LightSpan.amend`.
+
+    ``False``, and nothing done, when ``span`` is not a `LightSpan`, has ended already, or is handed over on the spot:
+    then the caller does the work itself, before ending it. A second call for the same span replaces the first. At
+    most `COMPLETIONS_LIMIT` wait; past that the oldest is forgotten (a span that has not ended after thousands of
+    later ones is exported without that work).
 
     For work that reads objects the caller holds but needs nothing of the calling thread (a batch's detections, read
     from result tensors on the host): the thread that runs the model pays for a dictionary store instead.
@@ -292,10 +296,15 @@ def complete_later(span: trace.Span, complete: Callable[[LightSpan], None]) -> b
     if processors.ended is None or span._end_time is not None:
         return False
     completions = processors.completions
-    if len(completions) >= ENDS_LIMIT:
-        return False  # spans registered and never ended (never expected): do the work on the spot
+    if len(completions) >= COMPLETIONS_LIMIT:
+        completions.pop(next(iter(completions)), None)
     completions[id(span)] = (span, complete)
     return True
+
+
+COMPLETIONS_LIMIT: Final = 4096
+"""Spans with work left by `complete_later` and not handed over yet, at most (each is handed over within
+`ENDS_INTERVAL_S` of its end: only spans that stay open for long accumulate)."""
 
 
 ENDS_INTERVAL_S: Final = 0.1
@@ -330,7 +339,10 @@ def _in_child(ref: weakref.ref[SpanProcessors]) -> None:
     processors = ref()
     if processors is not None and processors.ended is not None:
         processors.ended.items.clear()
-        processors.completions.clear()
+        completions = processors.completions  # keep the work on spans still open: they may end in the child
+        for key, (span, _) in list(completions.items()):
+            if span._end_time is not None:
+                del completions[key]
         processors.ended = None
 
 
@@ -553,25 +565,48 @@ class LightSpan(Span):
     def amend(
         self, attributes: Mapping[str, types.AnyValue], events: Sequence[tuple[str, types.Attributes, int | None]]
     ) -> None:
-        """Add ``events`` (name, attributes, timestamp) and ``attributes`` to this ended span, as `add_event` and
-        `set_attributes` would have before its end: for `complete_later`'s work, on the hand-over thread, which is
-        the only one holding the span then."""
+        """Add ``events`` (name, attributes, timestamp) and ``attributes`` to this span, ended or not, as `add_event`
+        and `set_attributes` would before its end (the same cleaning and limits), all under the span's lock: for
+        `complete_later`'s work, which runs once the span has ended. Nobody sees the span open meanwhile."""
         with self._lock:
-            end_time, self._end_time = self._end_time, None
-            held: Any = self._attributes
-            if type(held) is not dict:
-                held._immutable = False
-        try:
+            limits = self._limits
             for name, event_attributes, timestamp in events:
-                self.add_event(name, event_attributes, timestamp)
-            if attributes:
-                self.set_attributes(attributes)
-        finally:
-            with self._lock:
-                self._end_time = end_time
-                held = self._attributes
-                if type(held) is not dict:
-                    held._immutable = True
+                if event_attributes is None:
+                    kept: Mapping[str, types.AnyValue] | None = {}
+                elif type(event_attributes) is dict:
+                    kept = _as_kept(limits.max_event_attributes, limits.max_attribute_length, 0, event_attributes)
+                else:
+                    kept = None
+                cleaned = (
+                    MappingProxyType(kept)
+                    if kept is not None
+                    else BoundedAttributes(
+                        limits.max_event_attributes,
+                        event_attributes,
+                        max_value_len=limits.max_attribute_length,
+                        immutable=True,
+                    )
+                )
+                events_held: Any = self._events
+                if type(events_held) is tuple:
+                    events_held = self._events = BoundedList(limits.max_events)
+                events_held.append(Event(name, cleaned, timestamp))
+            if not attributes:
+                return
+            held: Any = self._attributes
+            if type(held) is dict:
+                kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), attributes)
+                if kept is not None:
+                    for key, value in kept.items():
+                        held.pop(key, None)
+                        held[key] = value
+                    return
+            bounded = self._bounded()
+            bounded._immutable = False
+            try:
+                bounded._set_items(attributes)  # the SDK's cleaning, limits and warnings
+            finally:
+                bounded._immutable = self._end_time is not None
 
     def end(self, end_time: int | None = None) -> None:
         with self._lock:

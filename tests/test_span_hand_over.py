@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import otel_vision
-from otel_vision import _config, _runtime, _setup
+from otel_vision import _config, _light, _runtime, _setup
 from otel_vision._light import ENDS_BACKLOG, ENDS_LIMIT, LightSpan, complete_later
 from otel_vision.testing import CapturedTelemetry
 
@@ -285,3 +286,52 @@ def test_work_that_fails_loses_nothing_but_itself(
     assert vision_telemetry.span("batch").attributes["kept"] == 1
     assert len(vision_telemetry.spans()) == 2
     assert "completing an ended span" in caplog.text
+
+
+def test_work_on_an_ended_span_never_shows_it_open(vision_telemetry: CapturedTelemetry) -> None:
+    """While the work adds to the ended span, another thread that ends it again or sets an attribute waits for the
+    span's lock, then finds it ended: the span is exported once, with the work's additions and nothing else."""
+    other: list[threading.Thread] = []
+    seen: list[bool] = []
+
+    def complete(span: LightSpan) -> None:
+        def meddle() -> None:
+            span.set_attribute("late", 1)
+            span.end()
+            seen.append(span.is_recording())
+
+        def events() -> Iterator[tuple[str, dict[str, int], None]]:
+            thread = threading.Thread(target=meddle)
+            other.append(thread)
+            thread.start()
+            thread.join(0.3)  # blocked by the span's lock for as long as the work runs
+            yield ("image", {"index": 0}, None)
+
+        span.amend({"found": 1}, events())  # type: ignore[arg-type]  # any iterable does
+
+    with otel_vision.request("predict"):
+        stage, span = _light_stage_span("batch")
+        assert complete_later(span, complete)
+        stage.__exit__(None, None, None)
+    vision_telemetry.handle.force_flush()
+    other[0].join(WAIT_S)
+    vision_telemetry.handle.force_flush()
+    (batch,) = vision_telemetry.spans("batch")
+    assert seen == [False]
+    assert "late" not in batch.attributes and batch.attributes["found"] == 1
+    assert [e.name for e in batch.events] == ["image"]
+
+
+def test_work_waiting_is_bounded(vision_telemetry: CapturedTelemetry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `COMPLETIONS_LIMIT` spans with work waiting, the oldest work is forgotten (its span is exported without
+    it); the others are done."""
+    monkeypatch.setattr(_light, "COMPLETIONS_LIMIT", 2)
+    with otel_vision.request("predict"):
+        opened = [_light_stage_span(f"s{i}") for i in range(3)]
+        for i, (_, span) in enumerate(opened):
+            assert complete_later(span, functools.partial(LightSpan.amend, attributes={"done": i}, events=()))
+        assert vision_telemetry.handle._span_ends is not None
+        assert len(vision_telemetry.handle._span_ends.completions) == 2
+        for stage, _ in reversed(opened):
+            stage.__exit__(None, None, None)
+    assert [vision_telemetry.span(f"s{i}").attributes.get("done") for i in range(3)] == [None, 1, 2]

@@ -166,6 +166,22 @@ class TestPredict:
         assert hist.count == 6 and hist.sum == 3 * later.attributes["vision.detections.count"]  # three predicts
         assert images.value == 6
 
+    def test_batch_summary_counts_the_boxes_of_the_batch_not_later_edits(
+        self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        """A stream consumer that gives each result other boxes right away (the summary is made on the hand-over
+        thread, later) does not change what the batch span and the metrics count."""
+        counts = []
+        for result in model.predict([BUS, ZIDANE], stream=True, conf=1e-4, **FAST):
+            counts.append(len(result.boxes))
+            result.boxes.data = result.boxes.data[:1]
+        batch = vision_telemetry.span("batch")
+        assert batch.attributes["vision.detections.count"] == sum(counts) > 2
+        images = [e for e in batch.events if e.name == "image"]
+        assert [e.attributes["vision.detections.count"] for e in images] == counts
+        (hist,) = vision_telemetry.points("vision.detections")
+        assert hist.sum == sum(counts)
+
     def test_batch_larger_than_the_image_events(
         self, instrumented: Any, model: Any, vision_telemetry: CapturedTelemetry
     ) -> None:

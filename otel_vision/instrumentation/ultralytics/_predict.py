@@ -439,7 +439,7 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
     call.images += images
     if not images:
         return
-    if not any(on_device for _, _, _, on_device in found):
+    if not any(is_data and getattr(boxes, "is_cuda", False) is True for _, boxes, is_data, _ in found):
         finish = functools.partial(_finish_summary, found, call.metric_attributes(), time_ns())
         if complete_later(span, finish):
             return
@@ -453,14 +453,20 @@ def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
         _defer_batch_classes(active, summary.device_classes, summary.names)
 
 
-def _found(result: Any) -> tuple[Any, Any, Any, bool]:
-    """What the summary reads of one result: its ``orig_shape``, its boxes (``boxes``, else ``obb``), its class
-    names, and whether the boxes are on a device."""
+def _found(result: Any) -> tuple[Any, Any, bool, Any]:
+    """What the summary reads of one result: its ``orig_shape``; its box tensor (``boxes.data``, else
+    ``obb.data``), or the box object itself when it has none; whether that is the tensor; its class names.
+
+    The tensor, not the box object: code that gives the result other boxes after the batch (``r.boxes.data = ...``,
+    ``r.update(boxes=...)``, as trackers do) does not change what the summary, made later, counts."""
     boxes = getattr(result, "boxes", None)
     if boxes is None:
         boxes = getattr(result, "obb", None)
-    on_device = boxes is not None and getattr(getattr(boxes, "data", None), "is_cuda", False) is True
-    return getattr(result, "orig_shape", None), boxes, getattr(result, "names", None), on_device
+    shape, names = getattr(result, "orig_shape", None), getattr(result, "names", None)
+    data = getattr(boxes, "data", None) if boxes is not None else None
+    if data is not None and getattr(data, "shape", None) is not None:
+        return shape, data, True, names
+    return shape, boxes, False, names
 
 
 class _Summary(NamedTuple):
@@ -473,13 +479,13 @@ class _Summary(NamedTuple):
     names: Any
 
 
-def _summary(found: list[tuple[Any, Any, Any, bool]], timestamp: int | None) -> _Summary:
+def _summary(found: list[tuple[Any, Any, bool, Any]], timestamp: int | None) -> _Summary:
     """The batch span's ``vision.detections.count`` and its ``image`` events (the first `MAX_IMAGE_EVENTS`)."""
     detections: list[int] = []
     device_classes: list[Any] = []
     events: list[tuple[str, dict[str, Any], int | None]] = []
     names: Any = None
-    for index, (shape, boxes, result_names, _) in enumerate(found):
+    for index, (shape, boxes, is_data, result_names) in enumerate(found):
         event: dict[str, Any] = {a.VISION_IMAGE_INDEX: index}
         if shape is not None and len(shape) >= 2:
             event[a.VISION_IMAGE_HEIGHT], event[a.VISION_IMAGE_WIDTH] = int(shape[0]), int(shape[1])
@@ -489,7 +495,7 @@ def _summary(found: list[tuple[Any, Any, Any, bool]], timestamp: int | None) -> 
             event[a.VISION_DETECTIONS_COUNT] = count
             names = result_names
             if count:
-                classes = boxes.cls
+                classes = boxes[:, -1] if is_data else boxes.cls  # what Boxes.cls and OBB.cls return
                 if getattr(getattr(classes, "device", None), "type", "cpu") == "cpu":
                     if index < MAX_IMAGE_EVENTS:
                         event[a.VISION_DETECTIONS_CLASSES] = _top_classes([int(c) for c in classes.tolist()], names)
@@ -502,7 +508,7 @@ def _summary(found: list[tuple[Any, Any, Any, bool]], timestamp: int | None) -> 
 
 
 def _finish_summary(
-    found: list[tuple[Any, Any, Any, bool]], metric_attributes: dict[str, Any], timestamp: int, span: LightSpan
+    found: list[tuple[Any, Any, bool, Any]], metric_attributes: dict[str, Any], timestamp: int, span: LightSpan
 ) -> None:
     """`summarize_batch`'s work on the hand-over thread: the summary onto the ended batch span, and its counts
     beside it for the span metrics (which read them when the span reaches them, just after)."""
