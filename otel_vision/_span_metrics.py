@@ -37,6 +37,8 @@ from otel_vision.attributes import (
 
 _INTERVAL_S: Final = 0.2
 """How often the recorder drains; a flush (and every metric collection through `Handle.force_flush`) drains first."""
+LIMIT: Final = 4096
+"""Spans waiting to be recorded beyond which the thread handing them over records them itself."""
 QUEUE_STAGE: Final = "queue"
 """The stage name of `queue_wait()` spans, which feed ``vision.queue.duration`` instead of the stage histogram."""
 
@@ -57,7 +59,12 @@ class SpanMetricsProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         scope = span.instrumentation_scope
         if scope is not None and scope.name == _runtime.SCOPE:
-            self._spans.items.append(span)
+            items = self._spans.items
+            items.append(span)
+            if len(items) >= LIMIT:
+                # Spans end faster than the recorder records them: whoever hands them over records (the list
+                # stays bounded, and so does the last drain at a shutdown).
+                self._spans.drain()
 
     def drain(self) -> None:
         """Record every span received so far (the recorder thread does this every 0.2 s)."""
