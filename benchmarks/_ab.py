@@ -16,6 +16,7 @@ the hypervisor gave to someone else, so it is the steadier measure of the work w
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import statistics
@@ -133,10 +134,21 @@ def _overhead(plain: list[float], traced: list[float]) -> str:
     p, t = statistics.median(plain), statistics.median(traced)
     paired = sorted(b / a - 1 for a, b in zip(plain, traced, strict=True))
     q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+    low, high = _median_interval(paired)
     return (
         f"{p * 1e3:.3f} | {t * 1e3:.3f} | {(t / p - 1) * 100:+.2f} % | {statistics.median(paired) * 100:+.2f} % "
-        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}]"
+        f"[{q1 * 100:+.2f}, {q3 * 100:+.2f}] | {low * 100:+.2f} … {high * 100:+.2f} %"
     )
+
+
+def _median_interval(ordered: list[float]) -> tuple[float, float]:
+    """A 95 % confidence interval of the median of ``ordered`` (sorted), distribution-free: the order statistics
+    n/2 ∓ 0.98·√n (the sign test's normal approximation), so the interval narrows as samples are added."""
+    n = len(ordered)
+    half_width = 0.98 * math.sqrt(n)
+    low = max(0, math.floor(n / 2 - half_width))
+    high = min(n - 1, math.ceil(n / 2 + half_width) - 1)
+    return ordered[low], ordered[high]
 
 
 def report(title: str, unit: str, plain: Samples, traced: Samples, calls: int = 1) -> None:
@@ -146,9 +158,9 @@ def report(title: str, unit: str, plain: Samples, traced: Samples, calls: int = 
     print(title)
     print(
         f"| clock | not instrumented, ms per {unit} | instrumented, ms per {unit} | overhead (ratio of medians) "
-        "| overhead (median of adjacent pairs, IQR) |"
+        "| overhead (median of adjacent pairs, IQR) | 95 % CI of that median |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     print(f"| wall | {_overhead(plain.wall, traced.wall)} |")
     print(f"| process CPU | {_overhead(plain.cpu, traced.cpu)} |")
 
