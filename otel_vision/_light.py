@@ -519,18 +519,27 @@ class LightSpan(Span):
             if self._end_time is not None:
                 logger.warning("Setting attribute on ended span.")
                 return
-            held = self._attributes
-            if type(held) is dict:
-                limits = self._limits
-                kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), attributes)
-                if kept is not None:
-                    for key, value in kept.items():
-                        held.pop(key, None)
-                        held[key] = value
-                    return
-            self._bounded()._set_items(attributes)  # the SDK span's call: same cleaning, same warnings
+            self._set_held(attributes)
+
+    def _set_held(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        """`set_attributes` once the lock is held."""
+        held = self._attributes
+        if type(held) is dict:
+            limits = self._limits
+            kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), attributes)
+            if kept is not None:
+                for key, value in kept.items():
+                    held.pop(key, None)
+                    held[key] = value
+                return
+        self._bounded()._set_items(attributes)  # the SDK span's call: same cleaning, same warnings
 
     def add_event(self, name: str, attributes: types.Attributes = None, timestamp: int | None = None) -> None:
+        self._add_event(self._event(name, attributes, timestamp))
+
+    def _event(self, name: str, attributes: types.Attributes, timestamp: int | None) -> Event:
+        """The event the SDK's ``add_event`` makes: when it would keep the attributes unchanged, the same values
+        held read-only without a `BoundedAttributes`; otherwise its own cleaning, limits and warnings."""
         limits = self._limits
         if attributes is None:
             kept: dict[str, types.AnyValue] | None = {}
@@ -538,11 +547,12 @@ class LightSpan(Span):
             kept = _as_kept(limits.max_event_attributes, limits.max_attribute_length, 0, attributes)
         else:
             kept = None
-        if kept is None:
-            super().add_event(name, attributes, timestamp)  # the SDK's cleaning, limits and warnings
-            return
-        # What the SDK's add_event holds when it keeps everything unchanged: the same values, read-only.
-        self._add_event(Event(name, MappingProxyType(kept), timestamp))
+        if kept is not None:
+            return Event(name, MappingProxyType(kept), timestamp)
+        cleaned = BoundedAttributes(
+            limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
+        )
+        return Event(name, cleaned, timestamp)
 
     def _add_event(self, event: Any) -> None:
         self._append("_events", self._limits.max_events, event, "_add_event")
@@ -569,44 +579,22 @@ class LightSpan(Span):
         and `set_attributes` would before its end (the same cleaning and limits), all under the span's lock: for
         `complete_later`'s work, which runs once the span has ended. Nobody sees the span open meanwhile."""
         with self._lock:
-            limits = self._limits
             for name, event_attributes, timestamp in events:
-                if event_attributes is None:
-                    kept: Mapping[str, types.AnyValue] | None = {}
-                elif type(event_attributes) is dict:
-                    kept = _as_kept(limits.max_event_attributes, limits.max_attribute_length, 0, event_attributes)
-                else:
-                    kept = None
-                cleaned = (
-                    MappingProxyType(kept)
-                    if kept is not None
-                    else BoundedAttributes(
-                        limits.max_event_attributes,
-                        event_attributes,
-                        max_value_len=limits.max_attribute_length,
-                        immutable=True,
-                    )
-                )
-                events_held: Any = self._events
-                if type(events_held) is tuple:
-                    events_held = self._events = BoundedList(limits.max_events)
-                events_held.append(Event(name, cleaned, timestamp))
+                held_events: Any = self._events
+                if type(held_events) is tuple:
+                    held_events = self._events = BoundedList(self._limits.max_events)
+                held_events.append(self._event(name, event_attributes, timestamp))
             if not attributes:
                 return
             held: Any = self._attributes
-            if type(held) is dict:
-                kept = _as_kept(limits.max_span_attributes, limits.max_span_attribute_length, len(held), attributes)
-                if kept is not None:
-                    for key, value in kept.items():
-                        held.pop(key, None)
-                        held[key] = value
-                    return
-            bounded = self._bounded()
-            bounded._immutable = False
+            if type(held) is not dict:
+                held._immutable = False  # frozen at the end
             try:
-                bounded._set_items(attributes)  # the SDK's cleaning, limits and warnings
+                self._set_held(attributes)
             finally:
-                bounded._immutable = self._end_time is not None
+                held = self._attributes
+                if type(held) is not dict:
+                    held._immutable = self._end_time is not None
 
     def end(self, end_time: int | None = None) -> None:
         with self._lock:

@@ -419,8 +419,8 @@ def _top_classes(class_ids: list[int], names: Any) -> list[str]:
 def summarize_batch(active: _Active, predictor: Any, call: Call) -> None:
     """Detections per batch and per image (bounded), ``vision.images`` and ``vision.detections`` metrics.
 
-    Counts come from tensor shapes (host-side). The inference thread only takes, per image, its shape, its boxes and
-    its class names (`_found`); the summary is made from them on the hand-over thread before the span is exported
+    Counts come from tensor shapes (host-side). The inference thread only takes, per image, its shape, its box tensor
+    and its class names (`_found`); the summary is made from them on the hand-over thread before the span is exported
     (`otel_vision._light.complete_later`), or here when spans are handed over on the spot. Class names need the
     class ids: on the host they are read with the summary, per image; on CUDA they are copied asynchronously to pinned
     memory on this thread and summarized for the whole batch in the export path (``vision.detections.classes`` on
