@@ -993,7 +993,6 @@ def _flush_on_sigterm() -> None:
 
 
 def _flush_then_terminate(signum: int, frame: object) -> None:
-
     handle = _active
     if handle is not None and handle._shutting_down_on == threading.get_ident():
         # It interrupted our own shutdown (a pool worker's exit flush, terminated meanwhile): let that finish,
