@@ -53,6 +53,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util import types
 
 from otel_vision import _context
@@ -382,7 +383,7 @@ class LightSpans:
         self.new_span_id = id_generator.generate_span_id
         self.random = id_generator.is_trace_id_random()
         self.getrandbits = random.getrandbits if type(id_generator) is RandomIdGenerator else None
-        """What the SDK's `RandomIdGenerator` draws a span id with (zero, invalid, means: draw again)."""
+        """What the SDK's `RandomIdGenerator` draws trace and span ids with (zero, invalid, means: draw again)."""
         self.roots_sampled = roots_sampled
         """The sampler is ``always_on`` or ``parentbased_always_on`` as `configure()` builds it: a root is sampled,
         with the span's own attributes and no trace state, which is what asking it would return."""
@@ -414,6 +415,8 @@ class LightSpans:
         held: Any = (parent if parent is not None else _context.get_current()).get(_SPAN_KEY)
         if type(held) in _OWN_SPANS:
             parent_context: SpanContext = held._context  # what their get_span_context() returns
+        elif held is None:
+            parent_context = trace.INVALID_SPAN_CONTEXT  # what get_current_span() gives for no span
         else:
             parent_context = trace.get_current_span(parent).get_span_context()
         if parent_context.is_valid:
@@ -431,10 +434,14 @@ class LightSpans:
             )
             return self._span(name, span_context, parent_context, kind, attributes)
         # A root: the sampler decides, as in the SDK (same arguments, same flags).
-        trace_id = self.new_trace_id()
+        getrandbits = self.getrandbits
+        trace_id = (getrandbits(128) if getrandbits is not None else 0) or self.new_trace_id()
         if self.roots_sampled:
+            # Built as above: a valid trace id and span id, the SDK's flags, no trace state (the default one).
+            span_id = (getrandbits(64) if getrandbits is not None else 0) or self.new_span_id()
             flags = _SAMPLED_RANDOM if self.random else _SAMPLED
-            return self._span(name, SpanContext(trace_id, self.new_span_id(), False, flags), None, kind, attributes)
+            span_context = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, DEFAULT_TRACE_STATE, True))
+            return self._span(name, span_context, None, kind, attributes)
         result = self.sampler.should_sample(parent, trace_id, name, kind, attributes, ())
         sampled = result.decision.is_sampled()  # type: ignore[no-untyped-call]  # unannotated in the SDK
         flags = TraceFlags((TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if self.random else 0))

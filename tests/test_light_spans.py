@@ -8,6 +8,7 @@ spans must be the same, field by field, but for ids and times.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -282,6 +283,33 @@ def test_is_an_sdk_span() -> None:
                 assert set(vars(span)) == _SDK_SPAN_FIELDS  # the fields an SDK span holds, no more, no fewer
             assert not span.is_recording()
         assert len(telemetry.spans()) == 2
+
+
+def test_ids_and_span_contexts_are_the_sdks(vision_telemetry: CapturedTelemetry) -> None:
+    """From the same state of ``random`` a light root and its child get the ids the SDK's tracer gives them, in span
+    contexts equal to the SDK's field by field (flags, trace state, validity)."""
+
+    made: list[type] = []
+
+    def scenario() -> None:
+        random.seed(1234)
+        with otel_vision.request("predict") as root:
+            with otel_vision.stage("inference"):
+                pass
+        made.append(type(root))
+
+    def contexts(spans: list[ReadableSpan]) -> list[tuple[Any, ...]]:
+        return [tuple(s.context) + (s.parent.span_id if s.parent else None,) for s in spans]
+
+    scenario()
+    light = vision_telemetry.spans()
+    vision_telemetry.clear()
+    vision_telemetry.handle.tracer_provider.add_span_processor(StartWatcher())  # type: ignore[union-attr]
+    scenario()
+    sdk = vision_telemetry.spans()
+    assert made[0] is LightSpan and made[1] is not LightSpan and len(light) == len(sdk) == 2
+    assert contexts(light) == contexts(sdk)
+    assert [type(field) for field in light[1].context] == [type(field) for field in sdk[1].context]
 
 
 class FailsAtEnd(SpanProcessor):

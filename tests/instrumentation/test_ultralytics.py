@@ -639,3 +639,35 @@ class TestInvisible:
         with pytest.raises(TypeError, match=r"takes an ultralytics model \(ultralytics.engine.model.Model"):
             otel_vision.instrument_ultralytics(thing)
         assert not UltralyticsInstrumentor().is_instrumented_by_opentelemetry
+
+
+def test_source_kind_by_type_and_by_value(tmp_path: Path) -> None:
+    """The kinds a source's type says are remembered per type; the ones its value says are worked out every time."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from otel_vision.instrumentation.ultralytics._predict import source_kind
+
+    class Frames(list):  # type: ignore[type-arg]
+        pass
+
+    cases = [
+        (np.zeros((2, 2, 3), dtype=np.uint8), "array"),
+        (torch.zeros(1, 3, 2, 2), "tensor"),
+        (Image.new("RGB", (2, 2)), "pil"),
+        ([BUS], "list"),
+        (Frames([BUS]), "list"),
+        ((BUS,), "list"),
+        (0, "webcam"),
+        ("1", "webcam"),
+        ("rtsp://camera/1", "stream"),
+        ("https://example.com/bus.jpg", "url"),
+        (str(tmp_path / "*.jpg"), "glob"),
+        (str(tmp_path), "directory"),
+        (tmp_path, "directory"),
+        (str(BUS), None),
+        (BUS, None),
+    ]
+    for _ in range(2):  # the second round answers from what the first remembered
+        assert [source_kind(source) for source, _ in cases] == [kind for _, kind in cases]
