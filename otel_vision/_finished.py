@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link
@@ -60,6 +62,7 @@ class Drainer(Generic[Item]):
         """Set by `stop`, before its last drain."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _DRAINERS.add(self)
 
     def drain(self) -> None:
         """Handle every item appended before the call, on the calling thread (items appended meanwhile wait for the
@@ -107,3 +110,36 @@ class Drainer(Generic[Item]):
         self.stopped = True
         self._wake.set()
         self.drain()
+
+
+_DRAINERS: weakref.WeakSet[Drainer[Any]] = weakref.WeakSet()
+_FORK_WAIT_S: Final = 1.0
+"""How long a fork waits for each drain under way to finish (a drain handles the items waiting when it began)."""
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    """No drain runs across a fork: one under way holds the locks of what it calls (the SDK's metric aggregations,
+    a span processor's queue), and a child would find them held by a thread it does not have."""
+    for drainer in list(_DRAINERS):
+        lock = drainer._lock
+        if lock.acquire(timeout=_FORK_WAIT_S):
+            _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    """The child has none of the parent's threads: it drains on the calling thread (its copy of the drainer thread is
+    not alive), with locks of its own."""
+    _held_for_fork.clear()
+    for drainer in list(_DRAINERS):
+        drainer._lock = threading.Lock()
+        drainer._wake = threading.Event()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -97,6 +97,11 @@ class Handle:
     """The thread running `shutdown` now."""
     _terminate_after: bool = False
     """A SIGTERM came while `shutdown` ran on the thread it interrupted: the process ends once that is done."""
+    _forked_away: bool = False
+    """This is the parent's pipeline, in a forked child (`_abandon`): it exports nothing here."""
+    _successor: Handle | None = None
+    """In a forked child, the pipeline built for it in place of this one (`_after_fork_in_child`): this handle's
+    flush, shutdown and delivery figures are that pipeline's, so code that kept the parent's handle still works."""
 
     @property
     def enabled(self) -> bool:
@@ -121,6 +126,8 @@ class Handle:
     def wait_ready(self, timeout: float = _limits.SETUP_WAIT_S) -> bool:
         """Wait (at most ``timeout`` seconds) until the background part of `configure()` has finished; ``True`` when
         it has. Only needed before reading providers of the pipeline right after `configure()`."""
+        if self._forked_away:
+            return self._successor.wait_ready(timeout) if self._successor is not None else True
         if not self.enabled:
             return True
         return self._ready.wait(max(0.0, timeout))
@@ -132,6 +139,8 @@ class Handle:
         was delivered; ``False`` when the time ran out or anything was dropped or rejected. Never waits longer than
         asked, whatever state the collector is in.
         """
+        if self._forked_away:
+            return self._successor.force_flush(timeout_millis) if self._successor is not None else False
         deadline = time.monotonic() + max(0, timeout_millis) / 1000.0
         if not self.enabled:
             return True
@@ -161,6 +170,10 @@ class Handle:
 
         What has not been delivered by then is dropped, counted, and named in one warning line.
         """
+        if self._forked_away:
+            if self._successor is not None:
+                self._successor.shutdown(timeout)
+            return
         if self._closed:
             # Already shutting down (a SIGTERM arriving during the exit flush): let that flush finish, bounded.
             if self._exports is not None:
@@ -243,6 +256,8 @@ class Handle:
 
     def delivery(self) -> dict[str, _export.SignalStats]:
         """What this pipeline delivered and lost so far, per signal (``traces``, ``metrics``, ``logs``)."""
+        if self._forked_away:
+            return self._successor.delivery() if self._successor is not None else {}
         self.wait_ready()
         return self._exports.accounting.snapshot() if self._exports is not None else {}
 
@@ -251,6 +266,7 @@ class Handle:
         self._state = threading.Lock()  # another thread of the parent may have held it at the fork
         with self._state:
             self._closed = True
+            self._forked_away = True
         root = logging.getLogger()
         for handler in self._log_handlers:
             root.removeHandler(handler)
@@ -963,6 +979,7 @@ def _after_fork_in_child() -> None:
             _active = None
             _runtime.install(_runtime.disabled())
             child = handle._rebuild()
+            handle._successor = child
     except Exception:
         report_internal_error("telemetry pipeline of a forked child")
         return

@@ -101,6 +101,91 @@ def test_forked_children_and_pool_workers_export_as_themselves(tmp_path: Path, p
         rotel.stop()
 
 
+FORKS_WHILE_THREADS_WORK = """
+import json, os, threading, time, otel_vision
+{setup}
+stop = threading.Event()
+
+def spin():  # spans end nonstop, so forks land while our threads drain and hand spans over
+    while not stop.is_set():
+        with otel_vision.stage("threads-work"):
+            pass
+
+threads = [threading.Thread(target=spin, daemon=True) for _ in range(2)]
+for thread in threads:
+    thread.start()
+with otel_vision.stage("parent-work"):
+    pass
+children, hung, flushed = [], 0, []
+for i in range(12):
+    time.sleep(0.01 + (i % 5) * 0.007)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        with otel_vision.stage(f"forked-{i}"):
+            pass
+        result = {flush}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)  # no atexit flush: only the flush above delivers the child's span
+    os.close(write)
+    deadline = time.monotonic() + 15
+    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if time.monotonic() >= deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        hung += 1
+    else:
+        flushed.append(json.loads(os.read(read, 4096) or b"null"))
+    os.close(read)
+    children.append(pid)
+stop.set()
+for thread in threads:
+    thread.join(5)
+print(json.dumps({"parent": os.getpid(), "children": children, "hung": hung, "flushed": flushed}))
+"""
+
+
+def test_forks_while_our_threads_work_neither_hang_nor_lose_the_childs_spans(tmp_path: Path) -> None:
+    """Twelve forks land while spans end nonstop on two threads (our hand-over and metric threads busy): every child
+    flushes through the handle the parent got from configure(), within its timeout, and what it flushed is its own
+    span, delivered by its own pipeline; the parent's spans are not sent again."""
+    rotel = Rotel(tmp_path)
+    try:
+        program = FORKS_WHILE_THREADS_WORK.replace(
+            "{setup}", 'handle = otel_vision.configure(service_name="forks", gpu=False)'
+        ).replace("{flush}", "handle.force_flush(5000)")
+        result = run_program(program, endpoint_env("grpc", rotel.grpc_port))
+        assert result.returncode == 0, result.stderr
+        report = result.last_json()
+        assert report["hung"] == 0 and report["flushed"] == [True] * 12, report
+        names = {f"forked-{i}" for i in range(12)}
+        found = _wait_spans(rotel, names | {"parent-work"})
+        for i, pid in enumerate(report["children"]):  # type: ignore[arg-type]
+            assert {p for p, _ in found.get(f"forked-{i}", set())} == {pid}
+        assert rotel.text().count("Name           : parent-work") == 1
+    finally:
+        rotel.stop()
+
+
+def test_forks_of_a_captured_pipeline_do_not_hang() -> None:
+    """The same forks under ``capture_telemetry()`` (the pipeline is the test's own, kept by the child): each child
+    flushes within its timeout and finds its span among what it captured."""
+    program = FORKS_WHILE_THREADS_WORK.replace(
+        "{setup}",
+        (
+            "import atexit\nfrom otel_vision.testing import capture_telemetry\ncaptured = capture_telemetry()\n"
+            "telemetry = captured.__enter__()\natexit.register(captured.__exit__, None, None, None)"
+        ),
+    ).replace(
+        "{flush}", '[telemetry.handle.force_flush(5000), any(s.name == f"forked-{i}" for s in telemetry.spans())]'
+    )
+    result = run_program(program, {})
+    assert result.returncode == 0, result.stderr
+    report = result.last_json()
+    assert report["hung"] == 0 and report["flushed"] == [[True, True]] * 12, report
+
+
 APP = """
 import os, otel_vision
 otel_vision.configure(service_name="gunicorn-app", gpu=False)
