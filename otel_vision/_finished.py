@@ -47,9 +47,19 @@ class _Mark:
         self.done = threading.Event()
 
 
+IDLE_AFTER_S: Final = 1.0
+"""A drainer's thread that found nothing to handle for this long sleeps until an appender wakes it (`Drainer.idle`)."""
+IDLE_SLEEP_S: Final = 5.0
+"""The longest an idle drainer's thread sleeps (in case an item comes from code that does not check `idle`)."""
+
+
 class Drainer(Generic[Item]):
     """Items appended on any thread (a deque append, nothing more) and handled by one background thread every
-    ``interval`` seconds, or at once by `drain` (before a flush)."""
+    ``interval`` seconds, or at once by `drain` (before a flush).
+
+    An idle process does not pay for the polling: after `IDLE_AFTER_S` without items the thread sleeps, and `idle`
+    tells appenders to `wake` it (they check it after appending; the thread checks for items after setting it, so one
+    of the two sees the other)."""
 
     def __init__(self, handle: Callable[[Item], None], what: str, name: str, interval: float = 0.2) -> None:
         self.items: deque[Item] = deque()
@@ -60,20 +70,23 @@ class Drainer(Generic[Item]):
         self._lock = threading.Lock()
         self.stopped = False
         """Set by `stop`, before its last drain."""
+        self.idle = False
+        """The thread sleeps until woken: an appender calls `wake` after appending."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _DRAINERS.add(self)
 
-    def drain(self) -> None:
+    def drain(self) -> int:
         """Handle every item appended before the call, on the calling thread (items appended meanwhile wait for the
-        next drain: a drain ends, however fast others append)."""
+        next drain: a drain ends, however fast others append); returns how many it took."""
         with self._lock:
             items = self.items
-            for _ in range(len(items)):
+            taken = len(items)
+            for _ in range(taken):
                 try:
                     item = items.popleft()
                 except IndexError:
-                    return
+                    break
                 if type(item) is _Mark:
                     cast(_Mark, item).done.set()
                     continue
@@ -81,6 +94,7 @@ class Drainer(Generic[Item]):
                     self._handle(item)
                 except Exception:
                     report_internal_error(self._what)
+        return taken
 
     def drain_wait(self, timeout: float) -> bool:
         """Have the drainer's thread handle every item appended so far, waiting at most ``timeout`` seconds; ``True``
@@ -95,14 +109,21 @@ class Drainer(Generic[Item]):
         return mark.done.wait(max(0.0, timeout))
 
     def wake(self) -> None:
-        """Drain now rather than at the next interval (a backlog is building up)."""
+        """Drain now rather than at the next interval (a backlog is building up, or the thread is `idle`)."""
         self._wake.set()
 
     def _run(self) -> None:
+        quiet = 0.0
         while not self.stopped:
-            self._wake.wait(self._interval)
+            if quiet < IDLE_AFTER_S:
+                self._wake.wait(self._interval)
+            else:
+                self.idle = True
+                if not self.items:  # appended before `idle` was set: its appender saw False and did not wake us
+                    self._wake.wait(IDLE_SLEEP_S)
+                self.idle = False
             self._wake.clear()
-            self.drain()
+            quiet = 0.0 if self.drain() else quiet + self._interval
 
     def stop(self) -> None:
         """End the thread, then drain. An appender checks `stopped` after appending: it saw ``False`` only if its

@@ -321,13 +321,13 @@ def _defer(ended: Drainer[ReadableSpan], span: ReadableSpan) -> None:
     items = ended.items
     items.append(span)
     waiting = len(items)
-    if waiting == ENDS_BACKLOG or waiting >= ENDS_LIMIT or ended.stopped:
+    if waiting == ENDS_BACKLOG or waiting >= ENDS_LIMIT or ended.stopped or ended.idle:
         _follow_up(ended)
 
 
 def _follow_up(ended: Drainer[ReadableSpan]) -> None:
-    """After a span was appended to ``ended``: wake its thread when a backlog builds up; hand spans over here when
-    too many wait, or when the thread stopped meanwhile (nobody else will)."""
+    """After a span was appended to ``ended``: wake its thread when a backlog builds up or it is idle; hand spans over
+    here when too many wait, or when the thread stopped meanwhile (nobody else will)."""
     if ended.stopped or len(ended.items) >= ENDS_LIMIT:
         ended.drain()
     else:
@@ -620,7 +620,7 @@ class LightSpan(Span):
             items = ended.items
             items.append(self)
             waiting = len(items)
-            if waiting == ENDS_BACKLOG or waiting >= ENDS_LIMIT or ended.stopped:
+            if waiting == ENDS_BACKLOG or waiting >= ENDS_LIMIT or ended.stopped or ended.idle:
                 try:
                     _follow_up(ended)
                 except RecursionError:

@@ -59,12 +59,15 @@ class SpanMetricsProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         scope = span.instrumentation_scope
         if scope is not None and scope.name == _runtime.SCOPE:
-            items = self._spans.items
+            spans = self._spans
+            items = spans.items
             items.append(span)
             if len(items) >= LIMIT:
                 # Spans end faster than the recorder records them: whoever hands them over records (the list
                 # stays bounded, and so does the last drain at a shutdown).
-                self._spans.drain()
+                spans.drain()
+            elif spans.idle:
+                spans.wake()
 
     def drain(self) -> None:
         """Record every span received so far (the recorder thread does this every 0.2 s)."""

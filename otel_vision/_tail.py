@@ -89,7 +89,10 @@ class BatchFanOut(_Forwarding):
         context = span.context
         requests = _expected.pop(context.span_id, None) if context is not None and _expected else None
         if requests is not None:
-            self._batches.items.append((span, requests))  # taken every 0.2 s: no wake-up per batch
+            batches = self._batches
+            batches.items.append((span, requests))  # taken every 0.2 s: no wake-up per batch
+            if batches.idle:
+                batches.wake()
             return
         if self._batches.items and context is not None and (span.parent is None or span.parent.is_remote):
             # A request's root ending while a batch that served it waits: its member span goes first, so the

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 import otel_vision
 from otel_vision import _config, _light, _runtime, _setup
+from otel_vision._finished import IDLE_AFTER_S, IDLE_SLEEP_S
 from otel_vision._light import ENDS_BACKLOG, ENDS_LIMIT, LightSpan, complete_later
 from otel_vision.testing import CapturedTelemetry
 
@@ -333,3 +334,39 @@ def test_work_waiting_is_bounded(vision_telemetry: CapturedTelemetry, monkeypatc
         for stage, _ in reversed(opened):
             stage.__exit__(None, None, None)
     assert [vision_telemetry.span(f"s{i}").attributes.get("done") for i in range(3)] == [None, 1, 2]
+
+
+def _wake_ups(thread_name: str) -> int | None:
+    """How many times Linux put our threads named ``thread_name`` back to work (voluntary context switches), in all;
+    ``None`` where /proc does not say."""
+    total = 0
+    for thread in threading.enumerate():
+        if thread.name != thread_name:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/status") as status:
+                total += int(next(line for line in status if line.startswith("voluntary_ctxt_switches")).split()[1])
+        except (OSError, StopIteration, ValueError):
+            return None
+    return total
+
+
+def test_an_idle_hand_over_sleeps_and_the_next_span_wakes_it(pipeline: tuple[_setup.Handle, Recording]) -> None:
+    """With nothing to hand over, the hand-over thread stops polling (it woke 10 times a second; Linux counts); the
+    next span that ends wakes it, and is exported without a flush, long before the thread's longest sleep."""
+    handle, exporter = pipeline
+    with otel_vision.stage("before"):
+        pass
+    _wait_for(exporter, 1)
+    time.sleep(IDLE_AFTER_S + 0.5)
+    before = _wake_ups("otel-vision-span-ends")
+    time.sleep(2.0)
+    after = _wake_ups("otel-vision-span-ends")
+    if before is not None and after is not None:
+        assert after - before <= 2, f"{after - before} wake-ups in 2 s of idling"
+    ended = time.monotonic()
+    with otel_vision.stage("after"):
+        pass
+    _wait_for(exporter, 2)
+    assert exporter.names() == ["before", "after"]
+    assert time.monotonic() - ended < IDLE_SLEEP_S / 2
