@@ -45,3 +45,76 @@ def test_spans_see_what_our_attach_sets() -> None:
     finally:
         _context.detach(token)
     assert trace.get_current_span() is not span
+
+
+OTHER_RUNTIME_CONTEXT = """
+import json, threading
+from opentelemetry import context as api
+from opentelemetry.context.context import _RuntimeContext
+
+
+class ThreadLocalContext(_RuntimeContext):  # another runtime context, as OTEL_PYTHON_CONTEXT can name one
+    def __init__(self):
+        self._local = threading.local()
+
+    def attach(self, context):
+        previous = self.get_current()
+        self._local.current = context
+        return previous
+
+    def get_current(self):
+        return getattr(self._local, "current", api.Context())
+
+    def detach(self, token):
+        self._local.current = token
+
+
+api._RUNTIME_CONTEXT = ThreadLocalContext()
+
+import otel_vision
+from otel_vision import _context
+from otel_vision.testing import capture_telemetry
+
+with capture_telemetry() as telemetry:
+    def predict(tag):
+        with otel_vision.request("predict", {"vision.model.name": tag}):
+            with otel_vision.stage("inference"):
+                with otel_vision.stage("layer"):
+                    pass
+
+    threads = [threading.Thread(target=predict, args=(f"m{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans = telemetry.spans()
+    by_id = {s.context.span_id: s for s in spans}
+    chains = sorted(
+        [s.name, by_id[s.parent.span_id].name, by_id[by_id[s.parent.span_id].parent.span_id].name]
+        for s in spans if s.name == "layer"
+    )
+    print(json.dumps({
+        "api_functions": _context.attach is api.attach and _context.get_current is api.get_current,
+        "chains": chains,
+        "traces": len({s.context.trace_id for s in spans}),
+        "left_attached": api.get_current() != api.Context(),
+    }))
+"""
+
+
+def test_another_runtime_context_keeps_the_apis_functions() -> None:
+    """Under a runtime context other than the API's default one, `_context` uses the API's own functions, and stages
+    nest as they do by default, thread by thread."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", OTHER_RUNTIME_CONTEXT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "api_functions": True,
+        "chains": [["layer", "inference", "predict"]] * 3,
+        "traces": 3,
+        "left_attached": False,
+    }
