@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
@@ -74,6 +75,7 @@ class Drainer(Generic[Item]):
         """The thread sleeps until woken: an appender calls `wake` after appending."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        self._created = next(_CREATED)
         _DRAINERS.add(self)
 
     def drain(self) -> int:
@@ -134,6 +136,7 @@ class Drainer(Generic[Item]):
 
 
 _DRAINERS: weakref.WeakSet[Drainer[Any]] = weakref.WeakSet()
+_CREATED = itertools.count()
 _FORK_WAIT_S: Final = 1.0
 """How long a fork waits for each drain under way to finish (a drain handles the items waiting when it began)."""
 _held_for_fork: list[threading.Lock] = []
@@ -141,8 +144,10 @@ _held_for_fork: list[threading.Lock] = []
 
 def _before_fork() -> None:
     """No drain runs across a fork: one under way holds the locks of what it calls (the SDK's metric aggregations,
-    a span processor's queue), and a child would find them held by a thread it does not have."""
-    for drainer in list(_DRAINERS):
+    a span processor's queue), and a child would find them held by a thread it does not have. Taken in the order
+    the drainers were made, which is the order a drain takes them in (the span hand-over, made first, drains into
+    the duration metrics and the batch members when they fall behind)."""
+    for drainer in sorted(_DRAINERS, key=lambda d: d._created):
         lock = drainer._lock
         if lock.acquire(timeout=_FORK_WAIT_S):
             _held_for_fork.append(lock)
