@@ -7,7 +7,8 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar, cast
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -76,15 +77,19 @@ class Drainer(Generic[Item]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._created = next(_CREATED)
+        self._kept_by_children = _kept_by_children > 0
         _DRAINERS.add(self)
 
     def drain(self) -> int:
         """Handle every item appended before the call, on the calling thread (items appended meanwhile wait for the
-        next drain: a drain ends, however fast others append); returns how many it took."""
-        with self._lock:
-            items = self.items
-            taken = len(items)
-            for _ in range(taken):
+        next drain: a drain ends, however fast others append); returns how many it took.
+
+        The lock is held for one item at a time, taken and handled under it: two threads draining at once still
+        handle the items one by one in order, and a fork waits for one item, not for a whole backlog."""
+        items = self.items
+        taken = len(items)
+        for _ in range(taken):
+            with self._lock:
                 try:
                     item = items.popleft()
                 except IndexError:
@@ -137,17 +142,35 @@ class Drainer(Generic[Item]):
 
 _DRAINERS: weakref.WeakSet[Drainer[Any]] = weakref.WeakSet()
 _CREATED = itertools.count()
+_kept_by_children = 0
+
+
+@contextmanager
+def kept_by_forked_children() -> Iterator[None]:
+    """Drainers made in this block belong to a pipeline that a forked child goes on using (a standalone one, as
+    `otel_vision.testing.capture_telemetry` builds): a fork waits for the item each of them is handling. A child of
+    `configure()` builds a pipeline of its own and never drains the parent's, so its forks do not wait."""
+    global _kept_by_children
+    _kept_by_children += 1
+    try:
+        yield
+    finally:
+        _kept_by_children -= 1
+
+
 _FORK_WAIT_S: Final = 1.0
-"""How long a fork waits for each drain under way to finish (a drain handles the items waiting when it began)."""
+"""How long a fork waits at most for the item each drainer is handling (a span or a metric point: microseconds)."""
 _held_for_fork: list[threading.Lock] = []
 
 
 def _before_fork() -> None:
-    """No drain runs across a fork: one under way holds the locks of what it calls (the SDK's metric aggregations,
-    a span processor's queue), and a child would find them held by a thread it does not have. Taken in the order
-    the drainers were made, which is the order a drain takes them in (the span hand-over, made first, drains into
-    the duration metrics and the batch members when they fall behind)."""
-    for drainer in sorted(_DRAINERS, key=lambda d: d._created):
+    """No drain of a pipeline the child keeps (`kept_by_forked_children`) runs across a fork: one under way holds the
+    locks of what it calls (the SDK's metric aggregations, a span processor's queue), and the child would find them
+    held by a thread it does not have. Taken in the order the drainers were made, which is the order a drain takes
+    them in (the span hand-over, made first, drains into the duration metrics and the batch members when they fall
+    behind)."""
+    kept = [drainer for drainer in list(_DRAINERS) if drainer._kept_by_children]
+    for drainer in sorted(kept, key=lambda d: d._created):
         lock = drainer._lock
         if lock.acquire(timeout=_FORK_WAIT_S):
             _held_for_fork.append(lock)
@@ -160,7 +183,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     """The child has none of the parent's threads: it drains on the calling thread (its copy of the drainer thread is
-    not alive), with locks of its own."""
+    not alive), with locks of its own (a lock the parent's thread held at the fork stays held otherwise)."""
     _held_for_fork.clear()
     for drainer in list(_DRAINERS):
         drainer._lock = threading.Lock()

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +33,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from otel_vision import _config, _early, _errors, _limits, _logging, _runtime
 from otel_vision._early import PendingLoggerProvider, PendingMeter, PendingMeterProvider, SpanGate
 from otel_vision._errors import report_internal_error
+from otel_vision._finished import kept_by_forked_children
 from otel_vision._light import LightSpans, SpanProcessors
 from otel_vision._metrics import Instruments
 from otel_vision._version import __version__
@@ -533,7 +534,7 @@ def build(
     Prometheus pull endpoint: a port already in use must fail ``configure()`` itself.
     """
     global _active, _atexit_registered
-    with _lock:
+    with _lock, kept_by_forked_children() if standalone else nullcontext():
         if _active is not None and not standalone:
             logger.info("otel_vision: configure() called again; shutting the previous pipeline down first")
             _active.shutdown(_limits.exit_timeout())  # bounded like an exit: never the network's pace

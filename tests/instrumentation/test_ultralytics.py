@@ -642,7 +642,7 @@ class TestInvisible:
 
 
 def test_source_kind_by_type_and_by_value(tmp_path: Path) -> None:
-    """The kinds a source's type says are remembered per type; the ones its value says are worked out every time."""
+    """``vision.source.kind`` from a predict source: by its type (or what it passes for), else by its value."""
     import numpy as np
     import torch
     from PIL import Image
@@ -652,6 +652,17 @@ def test_source_kind_by_type_and_by_value(tmp_path: Path) -> None:
     class Frames(list):  # type: ignore[type-arg]
         pass
 
+    class Proxy:  # an object proxy (wrapt's, a mock's spec=) that passes for what it wraps
+        def __init__(self, wrapped: Any) -> None:
+            self._wrapped = wrapped
+
+        @property  # type: ignore[misc]
+        def __class__(self) -> type:
+            return type(self._wrapped)
+
+        def __str__(self) -> str:
+            return str(self._wrapped)
+
     cases = [
         (np.zeros((2, 2, 3), dtype=np.uint8), "array"),
         (torch.zeros(1, 3, 2, 2), "tensor"),
@@ -659,6 +670,7 @@ def test_source_kind_by_type_and_by_value(tmp_path: Path) -> None:
         ([BUS], "list"),
         (Frames([BUS]), "list"),
         ((BUS,), "list"),
+        (Proxy([BUS]), "list"),
         (0, "webcam"),
         ("1", "webcam"),
         ("rtsp://camera/1", "stream"),
@@ -669,5 +681,4 @@ def test_source_kind_by_type_and_by_value(tmp_path: Path) -> None:
         (str(BUS), None),
         (BUS, None),
     ]
-    for _ in range(2):  # the second round answers from what the first remembered
-        assert [source_kind(source) for source, _ in cases] == [kind for _, kind in cases]
+    assert [source_kind(source) for source, _ in cases] == [kind for _, kind in cases]

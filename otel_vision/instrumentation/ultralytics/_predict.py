@@ -276,15 +276,15 @@ def traced_predictor_method(method: str, wrapped: Callable[..., Any], instance: 
 # --- callbacks ----------------------------------------------------------------------------------------------------
 def source_kind(source: Any) -> str | None:
     """What a predict ``source`` argument is, when its type says it; ``None`` lets the loader's mode decide."""
-    kind = _KIND_OF_TYPE.get(type(source))
-    if kind is not None:
-        return kind
-    kind = _kind_of_type(type(source))
-    if kind is not None:
-        if len(_KIND_OF_TYPE) >= _MAX_MODELS:
-            _KIND_OF_TYPE.clear()
-        _KIND_OF_TYPE[type(source)] = kind
-        return kind
+    if isinstance(source, list | tuple):
+        return "list"
+    module = type(source).__module__.split(".")[0]
+    if module == "torch":
+        return "tensor"
+    if module == "numpy":
+        return "array"
+    if module == "PIL":
+        return "pil"
     if isinstance(source, int) or (isinstance(source, str) and source.isnumeric()):
         return "webcam"
     text = str(source)
@@ -295,18 +295,6 @@ def source_kind(source: Any) -> str | None:
     if any(ch in text for ch in "*?["):
         return "glob"
     return "directory" if os.path.isdir(text) else None
-
-
-def _kind_of_type(cls: type) -> str | None:
-    """The kind a source of type ``cls`` is whatever its value (`source_kind`), if its type says it."""
-    if issubclass(cls, list | tuple):
-        return "list"
-    return _KINDS_BY_MODULE.get(cls.__module__.split(".")[0])
-
-
-_KINDS_BY_MODULE = {"torch": "tensor", "numpy": "array", "PIL": "pil"}
-_KIND_OF_TYPE: dict[type, str] = {}
-"""Source kinds by the source's type, for types whose kind does not depend on the value (`_kind_of_type`)."""
 
 
 def _source_kind(predictor: Any) -> str | None:
