@@ -67,6 +67,9 @@ MAX_BATCH_BYTES: Final = 3 * 1024 * 1024
 """Estimated encoded size at which a batch is cut: collectors reject gRPC messages over 4 MiB by default."""
 MAX_LOG_BODY_CHARS: Final = 64 * 1024
 """Longer string log bodies are truncated (a multi-megabyte message would not fit in any export request)."""
+IDLE_WAIT_S: Final = 5.0
+"""The longest an export thread with an empty queue sleeps between checks (an item, a flush or the shutdown wakes
+it at once)."""
 RETRY_BACKOFF_S: Final = (0.25, 0.5, 1.0, 2.0)
 """Waits between attempts at one batch; the last repeats until the batch's deadline."""
 
@@ -490,7 +493,10 @@ class BatchQueue(Generic[Item]):
                 self._settle_dropped(1, "queue_full")
                 return
             self._queue.append(item)
-            if len(self._queue) == self._max_batch_size:
+            waiting = len(self._queue)
+            if waiting == 1:
+                self._cond.notify_all()  # the export thread sleeps while the queue is empty (`_next_batch`)
+            elif waiting == self._max_batch_size:
                 self._cond.notify()
 
     def hold_extra(self, count: int) -> None:
@@ -614,8 +620,9 @@ class BatchQueue(Generic[Item]):
                         return None
                     break
                 if not self._queue:
+                    # Nothing to send: sleep until the first item (`put` wakes us), a flush or the shutdown.
                     self._flushes_seen = self._flush_requests
-                    self._cond.wait(self._schedule_delay)
+                    self._cond.wait(max(self._schedule_delay, IDLE_WAIT_S))
                     continue
                 if len(self._queue) >= self._max_batch_size or self._flush_requests != self._flushes_seen:
                     break

@@ -331,7 +331,7 @@ class GpuSpanProcessor(SpanProcessor):
         while not self._stopping:
             with self._queue.cond:
                 if not self._queue.items:
-                    self._queue.cond.wait(timeout=1.0)
+                    self._queue.cond.wait(timeout=5.0)  # woken by each span queued and by the shutdown
             self._drain(force=False)
             if self._queue.items:
                 time.sleep(self._poll_interval)

@@ -6,6 +6,7 @@ figures the issue asks for are 2 s flush, 3 s shutdown, 3 s exit, 3 s recovery.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -277,3 +278,60 @@ def test_demo_reports_what_was_lost_when_the_collector_is_down() -> None:
     assert result.returncode == 0, result.stderr
     assert "traces: 0 spans delivered" in result.stdout and "lost" in result.stdout, result.stdout
     assert "exported over OTLP" not in result.stdout
+
+
+IDLE_PROGRAM = """
+import json, logging, threading, time, otel_vision
+otel_vision.configure(service_name="idle", gpu=False)
+with otel_vision.stage("before-idle"):
+    logging.getLogger("app").warning("work done")
+time.sleep(2.0)  # past a second with nothing to do: every thread of ours may sleep
+
+
+def wake_ups():
+    # How many times Linux put our threads back to work (voluntary context switches), in all.
+    total = 0
+    for thread in threading.enumerate():
+        if thread.name.startswith("otel-vision"):
+            with open(f"/proc/self/task/{thread.native_id}/status") as status:
+                total += int(next(l for l in status if l.startswith("voluntary_ctxt_switches")).split()[1])
+    return total
+
+
+before = wake_ups()
+time.sleep(3.0)
+idle = wake_ups() - before
+with otel_vision.stage("after-idle"):
+    pass
+with open({report!r}, "w") as out:
+    json.dump({"wake_ups": idle, "ended": time.time()}, out)
+time.sleep(30)  # ended by the test: only the export path delivers the span meanwhile, no flush, no exit
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts wake-ups from Linux's /proc")
+def test_an_idle_process_sleeps_and_a_span_after_the_idle_time_arrives_within_the_schedule_delay(
+    tmp_path: Path,
+) -> None:
+    """Three idle seconds cost our threads (span hand-over, duration metrics, batch members, export queues) a few
+    wake-ups in all, as Linux counts them; they used to poll 24 times a second. The next span still reaches the
+    collector without any flush, about one schedule delay (0.5 s) after it ended."""
+    rotel = Rotel(tmp_path)
+    report = tmp_path / "idle.json"
+    try:
+        program = IDLE_PROGRAM.replace("{report!r}", repr(str(report)))
+        with started_program(program, endpoint_env("http/protobuf", rotel.http_port), tmp_path) as err:
+            deadline = time.monotonic() + 60
+            while not report.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert report.exists(), err.read_text()
+            time.sleep(0.05)
+            found = json.loads(report.read_text())
+            while "Name           : after-idle" not in rotel.text() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            arrived = time.time()
+        assert "Name           : after-idle" in rotel.text(), err.read_text()
+        assert found["wake_ups"] <= 6, found
+        assert arrived - found["ended"] < 3.0, arrived - found["ended"]
+    finally:
+        rotel.stop()
