@@ -22,7 +22,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -314,6 +315,61 @@ class Accounting:
 
 
 # --- sending ----------------------------------------------------------------------------------------------------
+FORK_WAIT_S: Final = 1.0
+"""How long a fork waits at most for our gRPC exports in flight (`_GrpcForkGate`)."""
+
+
+class _GrpcForkGate:
+    """Keeps our gRPC export calls and forks apart.
+
+    gRPC runs its own fork handlers only when no thread is inside a gRPC call; otherwise it logs "Other threads are
+    currently calling into gRPC, skipping fork() handlers", and the child's gRPC can fail, or abort the child (a
+    `multiprocessing.Pool` whose worker dies mid-task never returns). So a fork waits, at most `FORK_WAIT_S`, for the
+    exports in flight, and no export starts while a fork is under way (it waits at most as long)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._calls = 0
+        self._forking = False
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._cond:
+            if self._forking:
+                self._cond.wait_for(lambda: not self._forking, FORK_WAIT_S)
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._calls -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self._cond:
+            self._forking = True
+            self._cond.wait_for(lambda: self._calls == 0, FORK_WAIT_S)
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self._cond = threading.Condition(threading.Lock())  # the parent's export threads are not in the child
+        self._calls = 0
+        self._forking = False
+
+
+_grpc_fork_gate = _GrpcForkGate()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_grpc_fork_gate.before_fork,
+        after_in_parent=_grpc_fork_gate.after_fork_in_parent,
+        after_in_child=_grpc_fork_gate.after_fork_in_child,
+    )
+
+
 class Sender:
     """One signal's exporter behind our retry policy, health reporting and accounting."""
 
@@ -336,6 +392,8 @@ class Sender:
         """Set when a shutdown gave up on the batch in flight and counted it already."""
         self._failing_since: float | None = None
         self._pid = os.getpid()
+        self._grpc = ".grpc" in type(exporter).__module__
+        """Its calls go through `_grpc_fork_gate`."""
         _no_internal_retry(exporter)
         install_quiet_logging()
 
@@ -353,7 +411,7 @@ class Sender:
         cause: str | None = None
         """The last failure's reason from before a shutdown interrupted the exporter (then its errors are ours)."""
         while True:
-            with _Captured() as captured:
+            with _Captured() as captured, _grpc_fork_gate.call() if self._grpc else nullcontext():
                 try:
                     ok = self.exporter.export(batch, **kwargs) in _SUCCESS
                 except Exception as exc:

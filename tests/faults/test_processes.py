@@ -146,18 +146,19 @@ print(json.dumps({"parent": os.getpid(), "children": children, "hung": hung, "fl
 """
 
 
-def test_forks_while_our_threads_work_neither_hang_nor_lose_the_childs_spans(tmp_path: Path) -> None:
-    """Twelve forks land while spans end nonstop on two threads (our hand-over and metric threads busy): every child
-    flushes through the handle the parent got from configure(), within its timeout, and what it flushed is its own
-    span, delivered by its own pipeline; the parent's spans are not sent again."""
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_forks_while_our_threads_work_neither_hang_nor_lose_the_childs_spans(tmp_path: Path, protocol: str) -> None:
+    """Twelve forks land while spans end nonstop on two threads (our hand-over, metric and export threads busy):
+    every child flushes through the handle the parent got from configure(), within its timeout, and what it flushed
+    is its own span, delivered by its own pipeline; the parent's spans are not sent again. Over gRPC the forks also
+    wait for the exports in flight (gRPC skips its fork handlers during a call, and the child's gRPC then fails)."""
     rotel = Rotel(tmp_path)
     try:
         program = FORKS_WHILE_THREADS_WORK.replace(
             "{setup}", 'handle = otel_vision.configure(service_name="forks", gpu=False)'
         ).replace("{flush}", "handle.force_flush(5000)")
-        # OTLP/HTTP: with gRPC, a fork that lands while the parent's export thread is inside a gRPC call leaves the
-        # child's gRPC unusable (gRPC skips its fork handlers then; docs/export.md), whatever otel_vision does.
-        result = run_program(program, endpoint_env("http/protobuf", rotel.http_port))
+        port = rotel.grpc_port if protocol == "grpc" else rotel.http_port
+        result = run_program(program, endpoint_env(protocol, port))
         assert result.returncode == 0, result.stderr
         report = result.last_json()
         assert report["hung"] == 0 and report["flushed"] == [True] * 12, report
