@@ -155,7 +155,9 @@ def test_forks_while_our_threads_work_neither_hang_nor_lose_the_childs_spans(tmp
     rotel = Rotel(tmp_path)
     try:
         program = FORKS_WHILE_THREADS_WORK.replace(
-            "{setup}", 'handle = otel_vision.configure(service_name="forks", gpu=False)'
+            # Forks under load, not during configure()'s background set-up: it is complete before the first fork.
+            "{setup}",
+            'handle = otel_vision.configure(service_name="forks", gpu=False)\nhandle.wait_ready(30)',
         ).replace("{flush}", "handle.force_flush(5000)")
         port = rotel.grpc_port if protocol == "grpc" else rotel.http_port
         result = run_program(program, endpoint_env(protocol, port))
