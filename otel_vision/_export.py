@@ -45,6 +45,7 @@ from otel_vision._limits import (  # noqa: F401  # re-exported: the export path'
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_MAX_SPAN_QUEUE_SIZE,
     DEFAULT_SCHEDULE_DELAY_MS,
+    FORK_WAIT_S,
     OTEL_VISION_EXIT_TIMEOUT,
     QueueSettings,
     exit_timeout,
@@ -315,8 +316,6 @@ class Accounting:
 
 
 # --- sending ----------------------------------------------------------------------------------------------------
-FORK_WAIT_S: Final = 1.0
-"""How long a fork waits at most for our gRPC exports in flight (`_GrpcForkGate`)."""
 
 
 class _GrpcForkGate:

@@ -16,6 +16,7 @@ from opentelemetry.trace import Link
 from opentelemetry.util.types import AttributeValue
 
 from otel_vision._errors import report_internal_error
+from otel_vision._limits import FORK_WAIT_S
 
 Item = TypeVar("Item")
 
@@ -158,8 +159,6 @@ def kept_by_forked_children() -> Iterator[None]:
         _kept_by_children -= 1
 
 
-_FORK_WAIT_S: Final = 1.0
-"""How long a fork waits at most for the item each drainer is handling (a span or a metric point: microseconds)."""
 _held_for_fork: list[threading.Lock] = []
 
 
@@ -172,7 +171,7 @@ def _before_fork() -> None:
     kept = [drainer for drainer in list(_DRAINERS) if drainer._kept_by_children]
     for drainer in sorted(kept, key=lambda d: d._created):
         lock = drainer._lock
-        if lock.acquire(timeout=_FORK_WAIT_S):
+        if lock.acquire(timeout=FORK_WAIT_S):
             _held_for_fork.append(lock)
 
 

@@ -60,6 +60,11 @@ SETUP_WAIT_S: Final = 5.0
 a bound for a starved machine, not an expected time): a burst of spans before it is done, `Handle.wait_ready()`,
 ``delivery()``, a fork."""
 
+FORK_WAIT_S: Final = 1.0
+"""Longest a fork waits for each thing of ours under way that the child must not inherit half done: an import on one
+of our threads, our gRPC exports in flight, the item each drainer of a kept pipeline is handling (milliseconds when
+the machine is not starved)."""
+
 
 DEFAULT_MAX_QUEUE_SIZE: Final = 16384
 """Log records queued before new ones are dropped (counted)."""

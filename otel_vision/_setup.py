@@ -394,6 +394,10 @@ def _otlp_kwargs(settings: _config.Settings, signal: _config.Signal) -> dict[str
     if settings.protocol == "grpc":
         # gRPC has no URL user-info: a target "user:secret@host:port" never resolves (and would be printed).
         endpoint = _without_userinfo(endpoint)
+    else:
+        # requests imports netrc within each request (get_netrc_auth): imported here, on the setup thread, so that
+        # our export threads import nothing when they send (see `_before_fork`).
+        import netrc  # noqa: F401
     kwargs: dict[str, Any] = {"endpoint": endpoint, "timeout": settings.timeout_for(signal)}
     if settings.headers is not None:
         kwargs["headers"] = dict(settings.headers)
@@ -1035,12 +1039,32 @@ def _terminate() -> None:
 
 
 def _before_fork() -> None:
-    """A fork while the setup thread imports would leave the child's import locks held by a thread it does not
-    have: let the setup finish first (bounded)."""
+    """A fork while one of our threads imports a module leaves that module's import lock held, in the child, by a
+    thread the child does not have: any import of that module there (ours or the application's) waits forever. So a
+    fork lets the setup finish first (it imports the exporters), then waits for any other import of ours under way
+    (bounded both)."""
     handle = _active
     thread = handle._setup_thread if handle is not None else None
     if thread is not None and thread is not threading.current_thread():
         handle._ready.wait(_limits.SETUP_WAIT_S)  # type: ignore[union-attr]
+    deadline = time.monotonic() + _limits.FORK_WAIT_S
+    while _importing_on_our_threads() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _importing_on_our_threads() -> bool:
+    """Whether one of our threads, other than this one, is inside an import (``importlib._bootstrap`` is on its
+    stack: it holds a module's import lock, or waits for one)."""
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        if not thread.name.startswith("otel-vision") or thread is threading.current_thread():
+            continue
+        frame = frames.get(thread.ident) if thread.ident is not None else None
+        while frame is not None:
+            if frame.f_code.co_filename == "<frozen importlib._bootstrap>":
+                return True
+            frame = frame.f_back
+    return False
 
 
 _fork_hooks_registered = False
