@@ -145,6 +145,8 @@ class Handle:
         deadline = time.monotonic() + max(0, timeout_millis) / 1000.0
         if not self.enabled:
             return True
+        if sys.is_finalizing():
+            return False  # see `shutdown`
         if not self._ready.wait(max(0.0, deadline - time.monotonic())) or self._exports is None:
             return False
         exports = self._exports
@@ -174,6 +176,12 @@ class Handle:
         if self._forked_away:
             if self._successor is not None:
                 self._successor.shutdown(timeout)
+            return
+        if sys.is_finalizing():
+            # Interpreter teardown, after the exit flush (a capture_telemetry() block never exited, whose generator
+            # is collected now; a __del__): no thread can start or finish any more, and waiting for one would hang
+            # the process at exit. What was not delivered stays so.
+            self._closed = True
             return
         if self._closed:
             # Already shutting down (a SIGTERM arriving during the exit flush): let that flush finish, bounded.

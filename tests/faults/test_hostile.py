@@ -1,4 +1,5 @@
-"""Hostile user code: exceptions that cannot print themselves, recursion limits, huge messages, stubborn generators.
+"""Hostile user code: exceptions that cannot print themselves, recursion limits, huge messages, stubborn generators,
+a capture block never exited.
 
 Whatever the user's code does, it sees exactly what it would see without us, every span ends, and the context in
 force before the stage is back afterwards.
@@ -7,6 +8,7 @@ force before the stage is back afterwards.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 import otel_vision
 from otel_vision.testing import CapturedTelemetry
+from tests.faults.support import run_program
 
 
 class Unprintable(Exception):
@@ -143,3 +146,24 @@ def test_a_generator_ignoring_generator_exit_still_ends_its_span(vision_telemetr
     assert _current_span_name() is None
     (span,) = vision_telemetry.spans("stubborn")
     assert span.end_time is not None and span.attributes["vision.abandoned"] is True
+
+
+def test_a_capture_block_never_exited_does_not_hang_the_exit() -> None:
+    """``capture_telemetry().__enter__()`` without its exit: the generator behind it is collected during interpreter
+    teardown, when no thread can start or finish any more. The program still ends at once, as it would without us."""
+    program = """
+        import otel_vision
+        from otel_vision.testing import capture_telemetry
+
+        block = capture_telemetry()
+        captured = block.__enter__()
+        for _ in range(200):
+            with otel_vision.stage("kept-open"):
+                pass
+        print("spans", len(captured.spans("kept-open")), flush=True)
+    """
+    started = time.monotonic()
+    result = run_program(program, {}, timeout=60)  # a hang fails here, with the program's output so far
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["spans", "200"]
+    assert time.monotonic() - started < 30
