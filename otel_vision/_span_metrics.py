@@ -70,7 +70,7 @@ class SpanMetricsProcessor(SpanProcessor):
                 spans.wake()
 
     def drain(self) -> None:
-        """Record every span received so far (the recorder thread does this every 0.2 s)."""
+        """Record every span received so far (the recorder thread does this every 0.2 s while spans come)."""
         self._spans.drain()
 
     def _record(self, span: ReadableSpan) -> None:

@@ -90,7 +90,7 @@ class BatchFanOut(_Forwarding):
         requests = _expected.pop(context.span_id, None) if context is not None and _expected else None
         if requests is not None:
             batches = self._batches
-            batches.items.append((span, requests))  # taken every 0.2 s: no wake-up per batch
+            batches.items.append((span, requests))  # taken at the next 0.2 s tick; a wake-up only when idle
             if batches.idle:
                 batches.wake()
             return
