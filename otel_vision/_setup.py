@@ -349,6 +349,8 @@ class _GlobalTracer(trace.Tracer):
 
 
 _lock = threading.RLock()
+_lock_held_for_fork = False
+"""`_before_fork` took `_lock`; the parent releases it after the fork (the child makes a new one)."""
 _active: Handle | None = None
 _global_tracer_provider: _GlobalTracerProvider | None = None
 _globals_set = False
@@ -982,7 +984,8 @@ def _shutdown_at_exit() -> None:
 def _after_fork_in_child() -> None:
     """A forked child gets a pipeline of its own: its own ``process.pid`` and ``service.instance.id``, export threads,
     GPU sampler and span processor. The parent's copy is let go without exporting anything (the parent does)."""
-    global _active
+    global _active, _lock, _lock_held_for_fork
+    _lock, _lock_held_for_fork = threading.RLock(), False  # held by this thread only (`_before_fork`), or timed out
     handle = _active
     if handle is None or handle.standalone or handle._rebuild is None:
         return
@@ -1058,6 +1061,17 @@ def _before_fork() -> None:
     deadline = time.monotonic() + _limits.FORK_WAIT_S
     while _importing_on_our_threads() and time.monotonic() < deadline:
         time.sleep(0.001)
+    # A configure() or shutdown() under way on another thread holds `_lock`: the child would inherit it held (and a
+    # pipeline half made or half stopped) and wait for it forever when it builds its own. Let it finish (bounded).
+    global _lock_held_for_fork
+    _lock_held_for_fork = _lock.acquire(timeout=_limits.SETUP_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    global _lock_held_for_fork
+    if _lock_held_for_fork:
+        _lock_held_for_fork = False
+        _lock.release()
 
 
 def _importing_on_our_threads() -> bool:
@@ -1085,7 +1099,9 @@ def _register_fork_hooks() -> None:
     global _fork_hooks_registered
     if not _fork_hooks_registered and hasattr(os, "register_at_fork"):
         _fork_hooks_registered = True
-        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+        )
 
 
 def configure(

@@ -251,6 +251,56 @@ def test_a_fork_while_our_thread_imports_waits_for_the_import(tmp_path: Path) ->
         rotel.stop()
 
 
+CONFIGURE_DURING_FORKS = """
+import json, os, threading, time, otel_vision
+otel_vision.configure(service_name="reconfigured", gpu=False)
+stop = threading.Event()
+
+def reconfigure():  # configure() again and again on another thread: each shuts the previous pipeline down
+    while not stop.is_set():
+        otel_vision.configure(service_name="reconfigured", gpu=False)
+
+thread = threading.Thread(target=reconfigure, daemon=True)
+thread.start()
+children, hung = [], 0
+for i in range(10):
+    time.sleep(0.03 + (i % 3) * 0.01)
+    pid = os.fork()
+    if pid == 0:
+        with otel_vision.stage(f"forked-{i}"):
+            pass
+        raise SystemExit(0)  # the exit flush delivers the child's span
+    deadline = time.monotonic() + 15
+    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if time.monotonic() >= deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        hung += 1
+    children.append(pid)
+stop.set()
+thread.join(10)
+print(json.dumps({"children": children, "hung": hung}))
+"""
+
+
+def test_forks_while_another_thread_configures_do_not_hang(tmp_path: Path) -> None:
+    """A fork while `configure()` runs on another thread (it holds our set-up lock, and may be shutting the previous
+    pipeline down) waits for it: the child builds its own pipeline without finding that lock held by a thread it does
+    not have, and its span reaches rotel under its own pid. Before, most such children hung forever at the fork."""
+    rotel = Rotel(tmp_path)
+    try:
+        result = run_program(CONFIGURE_DURING_FORKS, endpoint_env("grpc", rotel.grpc_port))
+        assert result.returncode == 0, result.stderr
+        report = result.last_json()
+        assert report["hung"] == 0, report
+        found = _wait_spans(rotel, {f"forked-{i}" for i in range(10)})
+        for i, pid in enumerate(report["children"]):  # type: ignore[arg-type]
+            assert {p for p, _ in found.get(f"forked-{i}", set())} == {pid}, (i, found.get(f"forked-{i}"))
+    finally:
+        rotel.stop()
+
+
 def test_forks_of_a_captured_pipeline_do_not_hang() -> None:
     """The same forks under ``capture_telemetry()`` (the pipeline is the test's own, kept by the child): each child
     flushes within its timeout and finds its span among what it captured."""
