@@ -70,7 +70,9 @@ class Drainer(Generic[Item]):
         self._what = what
         self._interval = interval
         self._wake = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._handling = False
+        """An item is being handled (set and read with `_lock` held)."""
         self.stopped = False
         """Set by `stop`, before its last drain."""
         self.idle = False
@@ -86,11 +88,16 @@ class Drainer(Generic[Item]):
         next drain: a drain ends, however fast others append); returns how many it took.
 
         The lock is held for one item at a time, taken and handled under it: two threads draining at once still
-        handle the items one by one in order, and a fork waits for one item, not for a whole backlog."""
+        handle the items one by one in order, and a fork waits for one item, not for a whole backlog. A drain that
+        interrupts one on the same thread while it handles an item (a signal handler that flushes or shuts down)
+        returns at once, leaving the rest to the interrupted drain: waiting for it would wait for ever, and handling
+        items meanwhile would re-enter what it was calling."""
         items = self.items
         taken = len(items)
-        for _ in range(taken):
-            with self._lock:
+        for index in range(taken):
+            with self._lock:  # re-entrant: only the thread holding it gets past it while `_handling` is set
+                if self._handling:
+                    return index
                 try:
                     item = items.popleft()
                 except IndexError:
@@ -98,10 +105,13 @@ class Drainer(Generic[Item]):
                 if type(item) is _Mark:
                     cast(_Mark, item).done.set()
                     continue
+                self._handling = True
                 try:
                     self._handle(item)
                 except Exception:
                     report_internal_error(self._what)
+                finally:
+                    self._handling = False
         return taken
 
     def drain_wait(self, timeout: float) -> bool:
@@ -159,7 +169,7 @@ def kept_by_forked_children() -> Iterator[None]:
         _kept_by_children -= 1
 
 
-_held_for_fork: list[threading.Lock] = []
+_held_for_fork: list[threading.RLock] = []
 
 
 def _before_fork() -> None:
@@ -185,7 +195,8 @@ def _after_fork_in_child() -> None:
     not alive), with locks of its own (a lock the parent's thread held at the fork stays held otherwise)."""
     _held_for_fork.clear()
     for drainer in list(_DRAINERS):
-        drainer._lock = threading.Lock()
+        drainer._lock = threading.RLock()
+        drainer._handling = False
         drainer._wake = threading.Event()
 
 

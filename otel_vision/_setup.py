@@ -154,7 +154,9 @@ class Handle:
             # Before the duration metrics are drained: they come from these spans.
             self._span_ends.hand_over(max(0.0, deadline - time.monotonic()))
         if exports.span_metrics is not None:
-            exports.span_metrics.drain()
+            # On another thread, like the providers' flushes below (see `shutdown`), and before them: the duration
+            # metrics come from the spans handed over just now.
+            _run_bounded([(exports.span_metrics.drain, ())], deadline)
         metric_exports = [(e, e.exports_ok, e.exports_failed) for e in exports.metric_exporters]
         remaining = max(0, int((deadline - time.monotonic()) * 1000))
         providers = self._providers()
@@ -194,11 +196,24 @@ class Handle:
         self._closed = True
         self._shutting_down_on = threading.get_ident()
         try:
-            self._shut_down(deadline, timeout)
+            # On a thread of its own, waited for (bounded): a signal handler calling this may have interrupted its
+            # thread inside a lock that shutting down takes (a drain, the SDK's metric storage), which that thread
+            # cannot release until the handler returns.
+            worker = threading.Thread(
+                target=self._shut_down_reporting, args=(deadline, timeout), name="otel-vision-shutdown", daemon=True
+            )
+            worker.start()
+            worker.join(max(0.0, deadline - time.monotonic()) + 2 * _GRACE_S)
         finally:
             self._shutting_down_on = None
             if self._terminate_after:
                 _terminate()
+
+    def _shut_down_reporting(self, deadline: float, timeout: float) -> None:
+        try:
+            self._shut_down(deadline, timeout)
+        except Exception:
+            report_internal_error("shutdown of the telemetry pipeline")
 
     def _shut_down(self, deadline: float, timeout: float) -> None:
         if self._span_ends is not None:

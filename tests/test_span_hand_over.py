@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 import otel_vision
 from otel_vision import _config, _light, _runtime, _setup
-from otel_vision._finished import IDLE_AFTER_S, IDLE_SLEEP_S
+from otel_vision._finished import IDLE_AFTER_S, IDLE_SLEEP_S, Drainer
 from otel_vision._light import ENDS_BACKLOG, ENDS_LIMIT, LightSpan, complete_later
 from otel_vision.testing import CapturedTelemetry
 
@@ -370,3 +370,30 @@ def test_an_idle_hand_over_sleeps_and_the_next_span_wakes_it(pipeline: tuple[_se
     _wait_for(exporter, 2)
     assert exporter.names() == ["before", "after"]
     assert time.monotonic() - ended < IDLE_SLEEP_S / 2
+
+
+def test_a_drain_that_interrupts_one_on_its_own_thread_returns_and_nothing_is_lost() -> None:
+    """A drain started on a thread that is handling an item of the same drainer (what a signal handler that flushes
+    or shuts down does) returns at once instead of waiting for itself for ever; the interrupted drain then handles
+    the rest, in order."""
+    handled: list[int] = []
+    inner: list[int] = []
+
+    def handle(item: int) -> None:
+        if item == 1:
+            inner.append(drainer.drain())  # as a signal handler interrupting this thread here would
+        handled.append(item)
+
+    drainer: Drainer[int] = Drainer(handle, "test items", "otel-vision-test-drainer")
+    try:
+        drainer.items.extend([0, 1, 2, 3])
+        runner = threading.Thread(target=drainer.drain, daemon=True)
+        runner.start()
+        runner.join(5)
+        assert not runner.is_alive(), "the drain waited for itself"
+        deadline = time.monotonic() + 5
+        while len(handled) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handled == [0, 1, 2, 3] and inner == [0]
+    finally:
+        drainer.stop()

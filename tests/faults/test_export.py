@@ -335,3 +335,62 @@ def test_an_idle_process_sleeps_and_a_span_after_the_idle_time_arrives_within_th
         assert arrived - found["ended"] < 3.0, arrived - found["ended"]
     finally:
         rotel.stop()
+
+
+SHUTDOWN_IN_A_SIGNAL_HANDLER = """
+import json, os, signal, sys, time, otel_vision
+handle = otel_vision.configure(service_name="handler", gpu=False)
+handle.wait_ready(30)
+with otel_vision.stage("before-signal"):
+    pass
+started = time.monotonic()
+fired = []
+
+def inside(frame, *places):  # (part of a file's path, function name or "")
+    while frame is not None:
+        path = frame.f_code.co_filename.replace(os.sep, "/")
+        if any(part in path and function in ("", frame.f_code.co_name) for part, function in places):
+            return True
+        frame = frame.f_back
+    return False
+
+def on_alarm(signum, frame):
+    # A handler that shuts telemetry down and exits (the usual SIGTERM handler), run while the main thread is in
+    # force_flush(): inside a drain or the SDK's metric code if that ever happens on it, else anywhere in the flush.
+    if not inside(frame, ("otel_vision/_setup.py", "force_flush")):
+        return
+    wanted = inside(frame, ("otel_vision/_finished.py", "drain"), ("opentelemetry/sdk/metrics", ""))
+    if not wanted and time.monotonic() - started < 3:
+        return
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    fired.append(wanted)
+    otel_vision.shutdown(5)
+    print(json.dumps({"handler_done": True, "inside_a_lock": wanted}), flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+while time.monotonic() - started < 20:
+    for _ in range(2000):
+        with otel_vision.stage("main-work"):
+            pass
+    handle.force_flush(2000)
+print(json.dumps({"handler_done": False}), flush=True)
+"""
+
+
+def test_shutdown_in_a_signal_handler_that_interrupts_a_flush_returns(tmp_path: Path) -> None:
+    """A signal handler calling `otel_vision.shutdown()` then exiting, while the main thread is inside `force_flush()`
+    (where it used to hold a drain's lock and the SDK's metric locks, which the handler's shutdown then waited for
+    forever): the shutdown completes, the program exits 0, and what was recorded before reaches rotel."""
+    rotel = Rotel(tmp_path)
+    try:
+        result = run_program(SHUTDOWN_IN_A_SIGNAL_HANDLER, endpoint_env("grpc", rotel.grpc_port), timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.last_json()["handler_done"] is True, result.stdout
+        deadline = time.monotonic() + 10
+        while "before-signal" not in rotel.text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "Name           : before-signal" in rotel.text()
+    finally:
+        rotel.stop()
