@@ -825,10 +825,6 @@ class BoundedMetricExporter(MetricExporter):
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         if self._pid != os.getpid():
             return MetricExportResult.SUCCESS
-        if not self._busy.acquire(blocking=False):
-            self._sender._accounting.failed(METRICS, count_data_points(metrics_data), "exporter_busy")
-            self.exports_failed += 1
-            return MetricExportResult.FAILURE
         wait = min(self._export_timeout, max(0.0, timeout_millis / 1000.0))
         outcome: list[bool] = []
 
@@ -839,8 +835,17 @@ class BoundedMetricExporter(MetricExporter):
                 self._busy.release()
 
         thread = threading.Thread(target=run, name="otel-vision-export-metrics", daemon=True)
+        if not self._busy.acquire(blocking=False):
+            self._sender._accounting.failed(METRICS, count_data_points(metrics_data), "exporter_busy")
+            self.exports_failed += 1
+            return MetricExportResult.FAILURE
+        try:
+            thread.start()
+        except BaseException:  # a KeyboardInterrupt here, or no thread to be had: the next export must not be "busy"
+            self._busy.release()
+            raise
+        # Only a started thread is in flight (`settle` joins it).
         self._in_flight = (thread, count_data_points(metrics_data))
-        thread.start()
         thread.join(wait)
         if outcome and outcome[0]:
             self.exports_ok += 1
