@@ -366,6 +366,8 @@ class _GlobalTracer(trace.Tracer):
 _lock = threading.RLock()
 _lock_held_for_fork = False
 """`_before_fork` took `_lock`; the parent releases it after the fork (the child makes a new one)."""
+_forked_from_main_thread = True
+"""Set by `_before_fork`: whether the fork under way comes from the main thread."""
 _active: Handle | None = None
 _global_tracer_provider: _GlobalTracerProvider | None = None
 _globals_set = False
@@ -1014,12 +1016,40 @@ def _after_fork_in_child() -> None:
     except Exception:
         report_internal_error("telemetry pipeline of a forked child")
         return
+    if not _forked_from_main_thread:
+        _end_with_the_applications_threads(child)
     if "multiprocessing.util" in sys.modules:
         # A multiprocessing worker leaves with os._exit(), skipping atexit; its finalizers still run. Registered
         # through an after-fork hook because multiprocessing clears the finalizers of a new process first.
         import multiprocessing.util
 
         multiprocessing.util.register_after_fork(child, _finalize_with_process)
+
+
+def _end_with_the_applications_threads(handle: Handle) -> None:
+    """A child forked from a thread other than the main one has no main thread: it ends when its last thread does
+    (status 0, no exit hooks run), and our threads (the export threads, gRPC's) would keep it alive for ever once the
+    application's are done. A watcher waits for the application's threads (the forking one, then any it started),
+    flushes as an exit would, and ends the process as the end of its last thread would have."""
+    forking = threading.current_thread()
+    dummy = getattr(threading, "_DummyThread", ())
+
+    def applications() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if t is not watcher and not isinstance(t, dummy) and not t.name.startswith(("otel-vision", "Otel"))
+        ]
+
+    def watch() -> None:
+        forking.join()
+        while waiting := applications():
+            waiting[0].join()
+        handle.shutdown(_limits.exit_timeout())
+        os._exit(0)
+
+    watcher = threading.Thread(target=watch, name="otel-vision-last-thread", daemon=True)
+    watcher.start()
 
 
 def _finalize_with_process(handle: Handle) -> None:
@@ -1069,6 +1099,8 @@ def _before_fork() -> None:
     thread the child does not have: any import of that module there (ours or the application's) waits forever. So a
     fork lets the setup finish first (it imports the exporters), then waits for any other import of ours under way
     (bounded both)."""
+    global _forked_from_main_thread
+    _forked_from_main_thread = threading.current_thread() is threading.main_thread()
     handle = _active
     thread = handle._setup_thread if handle is not None else None
     if thread is not None and thread is not threading.current_thread():

@@ -301,6 +301,59 @@ def test_forks_while_another_thread_configures_do_not_hang(tmp_path: Path) -> No
         rotel.stop()
 
 
+FORK_FROM_A_THREAD = """
+import json, os, threading, time, otel_vision
+otel_vision.configure(service_name="thread-forks", gpu=False)
+report = {}
+
+def later():  # started by the child's only thread, and still working when that thread ends
+    time.sleep(0.5)
+    with otel_vision.stage("child-later"):
+        pass
+
+def forker():
+    pid = os.fork()
+    if pid == 0:
+        with otel_vision.stage("child-work"):
+            pass
+        threading.Thread(target=later).start()
+        return  # the thread ends; in a plain program the process ends with its last thread, status 0
+    deadline = time.monotonic() + 20
+    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if time.monotonic() >= deadline:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        report["hung"] = True
+        return
+    report.update(hung=False, child=pid)
+
+thread = threading.Thread(target=forker)
+thread.start()
+thread.join()
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_child_forked_from_a_thread_ends_with_its_last_thread(tmp_path: Path, protocol: str) -> None:
+    """A child forked from a thread other than the main one ends when its last thread does (no exit hooks run). Our
+    export threads must not keep it alive: it ends once its own threads are done, as without us, and what it
+    recorded, also in the thread it started, reaches rotel under its pid."""
+    rotel = Rotel(tmp_path)
+    try:
+        port = rotel.grpc_port if protocol == "grpc" else rotel.http_port
+        result = run_program(FORK_FROM_A_THREAD, endpoint_env(protocol, port))
+        assert result.returncode == 0, result.stderr
+        report = result.last_json()
+        assert report["hung"] is False, report
+        found = _wait_spans(rotel, {"child-work", "child-later"})
+        assert {p for p, _ in found.get("child-work", set())} == {report["child"]}, found
+        assert {p for p, _ in found.get("child-later", set())} == {report["child"]}, found
+    finally:
+        rotel.stop()
+
+
 def test_forks_of_a_captured_pipeline_do_not_hang() -> None:
     """The same forks under ``capture_telemetry()`` (the pipeline is the test's own, kept by the child): each child
     flushes within its timeout and finds its span among what it captured."""
