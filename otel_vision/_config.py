@@ -12,7 +12,6 @@ value out of their sight while they are built: an invalid value behaves exactly 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from otel_vision._errors import our_logger
+
 Protocol = Literal["grpc", "http/protobuf"]
 ExporterKind = Literal["otlp", "console", "none", "prometheus", "waterfall"]
 Signal = Literal["traces", "metrics", "logs"]
 
-logger = logging.getLogger("otel_vision")
+logger = our_logger("otel_vision")
 
 OTEL_SDK_DISABLED: Final = "OTEL_SDK_DISABLED"
 """Standard: ``true`` turns every signal off; ``configure()`` then returns a handle that does nothing."""

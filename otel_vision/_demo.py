@@ -22,10 +22,11 @@ from opentelemetry.util.types import AttributeValue
 from otel_vision import _config, _export
 from otel_vision import attributes as a
 from otel_vision._console import render_waterfall, stage_stats
+from otel_vision._errors import our_logger
 from otel_vision._setup import Handle, configure
 from otel_vision._stage import request, stage
 
-logger = logging.getLogger("otel_vision.demo")
+logger = our_logger("otel_vision.demo")
 # The demos' own records are part of what they show (exported with their trace ids), whatever the root level is.
 logger.setLevel(logging.INFO)
 

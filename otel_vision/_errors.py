@@ -7,7 +7,28 @@ import threading
 
 from otel_vision.attributes import CUDA_OOM
 
-logger = logging.getLogger("otel_vision")
+
+class _OurLogger(logging.Logger):
+    """A logger of ours: its records never raise into our threads or the code that logged them. A handler of the
+    application that raises (its ``emit``, its filter) costs that one line, not an export thread or an exit flush."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        try:
+            super().handle(record)
+        except Exception:
+            pass
+
+
+def our_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` for a logger of ours (``otel_vision`` or below), made an `_OurLogger` unless the
+    application gave it a class of its own (``logging.setLoggerClass``)."""
+    log = logging.getLogger(name)
+    if type(log) is logging.Logger:
+        log.__class__ = _OurLogger
+    return log
+
+
+logger = our_logger("otel_vision")
 
 _reported: set[str] = set()
 _reported_lock = threading.Lock()

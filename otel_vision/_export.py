@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otel_vision import attributes as a
+from otel_vision._errors import our_logger
 from otel_vision._limits import (  # noqa: F401  # re-exported: the export path's bounds
     DEFAULT_ATTRIBUTE_LENGTH,
     DEFAULT_EXIT_TIMEOUT_S,
@@ -52,8 +53,8 @@ from otel_vision._limits import (  # noqa: F401  # re-exported: the export path'
     span_limits,
 )
 
-logger = logging.getLogger("otel_vision")
-export_log = logging.getLogger("otel_vision.export")
+logger = our_logger("otel_vision")
+export_log = our_logger("otel_vision.export")
 """The export path's own lines: printed like any ``otel_vision`` warning, never exported as OTLP logs (a failing
 logs pipeline would otherwise count its own complaints as lost records)."""
 _SDK_RETRY_NOTE = re.compile(r",? ?retrying in [\d.]+s\.?", re.IGNORECASE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,7 +9,9 @@ from typing import Final
 
 from opentelemetry.sdk.trace import SpanLimits
 
-logger = logging.getLogger("otel_vision")
+from otel_vision._errors import our_logger
+
+logger = our_logger("otel_vision")
 
 OTEL_VISION_EXIT_TIMEOUT: Final = "OTEL_VISION_EXIT_TIMEOUT"
 """Seconds a program that never calls ``shutdown()`` may spend exporting at exit; default ``2``."""

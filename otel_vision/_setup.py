@@ -32,7 +32,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel_vision import _config, _early, _errors, _limits, _logging, _runtime
 from otel_vision._early import PendingLoggerProvider, PendingMeter, PendingMeterProvider, SpanGate
-from otel_vision._errors import report_internal_error
+from otel_vision._errors import our_logger, report_internal_error
 from otel_vision._finished import kept_by_forked_children
 from otel_vision._light import LightSpans, SpanProcessors
 from otel_vision._metrics import Instruments
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     # providers, GPU telemetry and the instruments.
     _Built = tuple[list[SpanProcessor], _export.ExportPipeline, MeterProvider, LoggerProvider, GpuTelemetry | None, Any]
 
-logger = logging.getLogger("otel_vision")
+logger = our_logger("otel_vision")
 
 
 @dataclass

@@ -6,12 +6,12 @@ attributes and metrics absent, log one debug line, and never raise into the appl
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.trace import SpanProcessor
 
+from otel_vision._errors import our_logger
 from otel_vision.gpu._backends import (
     CudaBackend,
     DeviceInfo,
@@ -39,7 +39,7 @@ __all__ = [
     "TorchCudaBackend",
 ]
 
-logger = logging.getLogger("otel_vision.gpu")
+logger = our_logger("otel_vision.gpu")
 
 
 class GpuTelemetry:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import ctypes
-import logging
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from otel_vision._errors import our_logger
 from otel_vision.gpu._backends import DeviceInfo, DeviceReading, GpuUnavailable
 
-logger = logging.getLogger("otel_vision.gpu")
+logger = our_logger("otel_vision.gpu")
 
 
 def _text(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from bisect import bisect_left
@@ -12,7 +11,7 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import NamedTuple
 
-from otel_vision._errors import report_internal_error
+from otel_vision._errors import our_logger, report_internal_error
 from otel_vision.gpu._backends import (
     CLOCK_EVENT_REASONS,
     NOT_THROTTLING,
@@ -22,7 +21,7 @@ from otel_vision.gpu._backends import (
     NvmlBackend,
 )
 
-logger = logging.getLogger("otel_vision.gpu")
+logger = our_logger("otel_vision.gpu")
 
 _MAX_SAMPLES_PER_SECOND = 10
 """Drivers buffer utilization samples every 1/6 s to 1 s; the history is sized for the fastest plus headroom."""

@@ -9,7 +9,6 @@ thread) and the NVML sampler has covered its window, and only then is passed on 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -23,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Span as ApiSpan
 from opentelemetry.util.types import AttributeValue
 
-from otel_vision._errors import report_internal_error
+from otel_vision._errors import our_logger, report_internal_error
 from otel_vision._finished import amended
 from otel_vision._metrics import CardinalityGuard
 from otel_vision.attributes import (
@@ -45,7 +44,7 @@ from otel_vision.attributes import (
 from otel_vision.gpu._backends import CudaBackend
 from otel_vision.gpu._sampler import DeviceWindow, NvmlSampler, Window
 
-logger = logging.getLogger("otel_vision.gpu")
+logger = our_logger("otel_vision.gpu")
 
 _SCAN_PAST_NOT_READY: Final = 64
 ENERGY_BUCKETS: Final = (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.support import dead_endpoint, endpoint_env, run_program, started_program
-from tests.test_wire import Rotel, _wait_port
+from tests.test_wire import Rotel, _free_port, _wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -394,3 +394,42 @@ def test_shutdown_in_a_signal_handler_that_interrupts_a_flush_returns(tmp_path: 
         assert "Name           : before-signal" in rotel.text()
     finally:
         rotel.stop()
+
+
+RAISING_LOG_HANDLER = """
+import logging, time, otel_vision
+
+class Broken(logging.Handler):  # the application's handler on the root logger; its emit always raises
+    def emit(self, record):
+        raise RuntimeError("the application's handler broke")
+
+logging.getLogger().addHandler(Broken())
+otel_vision.configure(service_name="broken-handler", gpu=False)
+end = time.monotonic() + 40
+while time.monotonic() < end:
+    with otel_vision.stage("tick"):
+        pass
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_log_handler_that_raises_does_not_stop_the_export(tmp_path: Path, protocol: str) -> None:
+    """The application's root handler raises on every record. Our lines about the collector being down go through it
+    too: they must cost only those lines, not our export threads. Once the collector is up, spans arrive, and no
+    thread of ours died on stderr."""
+    ports = (_free_port(), _free_port())
+    port = ports[0] if protocol == "grpc" else ports[1]
+    rotel = None
+    try:
+        with started_program(RAISING_LOG_HANDLER, endpoint_env(protocol, port), tmp_path) as err:
+            time.sleep(3)  # exports fail meanwhile (nothing listens), and we log that
+            rotel = Rotel(tmp_path, verbosity="basic", ports=ports)
+            deadline = time.monotonic() + 15
+            while rotel.received("spans") == 0:
+                assert time.monotonic() < deadline, f"no span after the collector came up; stderr:\n{err.read_text()}"
+                time.sleep(0.1)
+            assert "Exception in thread" not in err.read_text(), err.read_text()
+    finally:
+        if rotel is not None:
+            rotel.stop()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import os
 import threading
 import weakref
@@ -36,7 +35,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from otel_vision import _config, _context
 from otel_vision import attributes as a
-from otel_vision._errors import report_internal_error
+from otel_vision._errors import our_logger, report_internal_error
 from otel_vision.instrumentation._wrapping import Patches
 from otel_vision.instrumentation.diffusers import _call
 from otel_vision.instrumentation.diffusers._categories import (
@@ -48,7 +47,7 @@ from otel_vision.instrumentation.diffusers.package import _instruments
 
 __all__ = ["CATEGORIES", "DENOISE_STEPS", "DiffusersInstrumentor", "check_pipeline", "classify_instruction"]
 
-logger = logging.getLogger("otel_vision.diffusers")
+logger = our_logger("otel_vision.diffusers")
 
 DENOISE_STEPS = _call.DENOISE_STEPS
 """Values of ``denoise_steps``: ``spans`` (a span per step), ``events`` (an event per step on ``denoise``), ``off``."""

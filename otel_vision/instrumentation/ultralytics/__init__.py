@@ -29,7 +29,6 @@ methods *after* ours stays working, with ours inside it switched off (see ``docs
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import weakref
 from collections.abc import Callable, Collection
@@ -38,14 +37,14 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]  # untyped pkg
 
 from otel_vision import _context
-from otel_vision._errors import report_internal_error
+from otel_vision._errors import our_logger, report_internal_error
 from otel_vision.instrumentation._wrapping import Patches
 from otel_vision.instrumentation.ultralytics import _predict, _val
 from otel_vision.instrumentation.ultralytics.package import _instruments
 
 __all__ = ["UltralyticsInstrumentor", "check_model"]
 
-logger = logging.getLogger("otel_vision.ultralytics")
+logger = our_logger("otel_vision.ultralytics")
 
 _EVENTS_FIRST = ("on_predict_start", "on_predict_batch_start", "on_predict_postprocess_end@first")
 _EVENTS_LAST = ("on_predict_postprocess_end@last", "on_predict_batch_end")
