@@ -101,7 +101,21 @@ def test_forked_children_and_pool_workers_export_as_themselves(tmp_path: Path, p
         rotel.stop()
 
 
-FORKS_WHILE_THREADS_WORK = """
+REAP = """
+def reap(pid, seconds):  # wait for a child at most `seconds`, then kill it; whether it ended by itself
+    import os, time
+    deadline = time.monotonic() + seconds
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() >= deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(0.02)
+    return True
+"""
+FORKS_WHILE_THREADS_WORK = (
+    REAP
+    + """
 import json, os, threading, time, otel_vision
 {setup}
 stop = threading.Event()
@@ -128,15 +142,10 @@ for i in range(12):
         os.write(write, json.dumps(result).encode())
         os._exit(0)  # no atexit flush: only the flush above delivers the child's span
     os.close(write)
-    deadline = time.monotonic() + 15
-    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if time.monotonic() >= deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        hung += 1
-    else:
+    if reap(pid, 15):
         flushed.append(json.loads(os.read(read, 4096) or b"null"))
+    else:
+        hung += 1
     os.close(read)
     children.append(pid)
 stop.set()
@@ -144,6 +153,7 @@ for thread in threads:
     thread.join(5)
 print(json.dumps({"parent": os.getpid(), "children": children, "hung": hung, "flushed": flushed}))
 """
+)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -173,7 +183,9 @@ def test_forks_while_our_threads_work_neither_hang_nor_lose_the_childs_spans(tmp
         rotel.stop()
 
 
-IMPORT_DURING_FORK = """
+IMPORT_DURING_FORK = (
+    REAP
+    + """
 import importlib.abc, importlib.machinery, json, os, sys, threading, time, otel_vision
 handle = otel_vision.configure(service_name="imports", gpu=False)
 handle.wait_ready(30)
@@ -217,17 +229,12 @@ if pid == 0:
     os._exit(0)
 fork_s = time.monotonic() - started
 os.close(write)
-deadline = time.monotonic() + 15
-while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-    time.sleep(0.02)
-hung = time.monotonic() >= deadline
-if hung:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
+hung = not reap(pid, 15)
 flushed = None if hung else json.loads(os.read(read, 4096) or b"null")
 print(json.dumps({"armed": armed, "importers": importers, "fork_s": fork_s, "hung": hung, "flushed": flushed,
                   "child": pid, "parent_flushed": handle.force_flush(5000)}))
 """
+)
 
 
 def test_a_fork_while_our_thread_imports_waits_for_the_import(tmp_path: Path) -> None:
@@ -251,7 +258,9 @@ def test_a_fork_while_our_thread_imports_waits_for_the_import(tmp_path: Path) ->
         rotel.stop()
 
 
-CONFIGURE_DURING_FORKS = """
+CONFIGURE_DURING_FORKS = (
+    REAP
+    + """
 import json, os, threading, time, otel_vision
 otel_vision.configure(service_name="reconfigured", gpu=False)
 stop = threading.Event()
@@ -270,18 +279,13 @@ for i in range(10):
         with otel_vision.stage(f"forked-{i}"):
             pass
         raise SystemExit(0)  # the exit flush delivers the child's span
-    deadline = time.monotonic() + 15
-    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if time.monotonic() >= deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        hung += 1
+    hung += not reap(pid, 15)
     children.append(pid)
 stop.set()
 thread.join(10)
 print(json.dumps({"children": children, "hung": hung}))
 """
+)
 
 
 def test_forks_while_another_thread_configures_do_not_hang(tmp_path: Path) -> None:
@@ -301,7 +305,9 @@ def test_forks_while_another_thread_configures_do_not_hang(tmp_path: Path) -> No
         rotel.stop()
 
 
-FORK_FROM_A_THREAD = """
+FORK_FROM_A_THREAD = (
+    REAP
+    + """
 import json, os, threading, time, otel_vision
 otel_vision.configure(service_name="thread-forks", gpu=False)
 report = {}
@@ -318,21 +324,14 @@ def forker():
             pass
         threading.Thread(target=later).start()
         return  # the thread ends; in a plain program the process ends with its last thread, status 0
-    deadline = time.monotonic() + 20
-    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if time.monotonic() >= deadline:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        report["hung"] = True
-        return
-    report.update(hung=False, child=pid)
+    report.update(hung=not reap(pid, 20), child=pid)
 
 thread = threading.Thread(target=forker)
 thread.start()
 thread.join()
 print(json.dumps(report))
 """
+)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
