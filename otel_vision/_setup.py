@@ -1035,11 +1035,7 @@ def _end_with_the_applications_threads(handle: Handle) -> None:
     dummy = getattr(threading, "_DummyThread", ())
 
     def applications() -> list[threading.Thread]:
-        return [
-            t
-            for t in threading.enumerate()
-            if t is not watcher and not isinstance(t, dummy) and not t.name.startswith(("otel-vision", "Otel"))
-        ]
+        return [t for t in threading.enumerate() if t is not watcher and not isinstance(t, dummy) and not _ours(t)]
 
     def watch() -> None:
         forking.join()
@@ -1121,12 +1117,17 @@ def _after_fork_in_parent() -> None:
         _lock.release()
 
 
+def _ours(thread: threading.Thread) -> bool:
+    """A thread of our pipeline: ours, or one the OpenTelemetry SDK started for it (the periodic metric reader's)."""
+    return thread.name.startswith(("otel-vision", "Otel"))
+
+
 def _importing_on_our_threads() -> bool:
     """Whether one of our threads, other than this one, is inside an import (``importlib._bootstrap`` is on its
     stack: it holds a module's import lock, or waits for one)."""
     frames = sys._current_frames()
     for thread in threading.enumerate():
-        if not thread.name.startswith("otel-vision") or thread is threading.current_thread():
+        if not _ours(thread) or thread is threading.current_thread():
             continue
         frame = frames.get(thread.ident) if thread.ident is not None else None
         while frame is not None:
