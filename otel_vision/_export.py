@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
@@ -392,7 +392,7 @@ class Sender:
         """Set when a shutdown gave up on the batch in flight and counted it already."""
         self._failing_since: float | None = None
         self._pid = os.getpid()
-        self._grpc = ".grpc" in type(exporter).__module__
+        self._grpc = any(".grpc" in cls.__module__ for cls in type(exporter).__mro__)
         """Its calls go through `_grpc_fork_gate`."""
         _no_internal_retry(exporter)
         install_quiet_logging()
@@ -706,7 +706,16 @@ def _call(ref: weakref.ref[Any], method: str) -> None:
 
 
 # --- size estimates (cheap, on the export thread) ---------------------------------------------------------------
+_NUMBERS: Final = frozenset((int, float, bool))
+
+
 def _value_bytes(value: object) -> int:
+    kind = type(value)
+    if kind is str:
+        text = cast(str, value)
+        return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+    if kind in _NUMBERS:
+        return 9
     if isinstance(value, str):
         return len(value) if value.isascii() else len(value.encode("utf-8", "replace"))
     if isinstance(value, bytes):
@@ -721,7 +730,10 @@ def _value_bytes(value: object) -> int:
 def _attributes_bytes(attributes: Mapping[str, object] | None) -> int:
     if not attributes:
         return 0
-    return sum(len(key) + _value_bytes(value) + 8 for key, value in attributes.items())
+    size = 8 * len(attributes)
+    for key, value in attributes.items():
+        size += len(key) + _value_bytes(value)
+    return size
 
 
 def span_bytes(span: ReadableSpan) -> int:

@@ -445,9 +445,9 @@ def _span_exporter(settings: _config.Settings) -> SpanExporter | None:
 
         return WaterfallSpanExporter()
     if settings.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+        from otel_vision._otlp_wire import grpc_span_exporter_class
 
-        return GrpcSpans(**_otlp_kwargs(settings, "traces"))
+        return grpc_span_exporter_class()(**_otlp_kwargs(settings, "traces"))
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 
     return HttpSpans(**_otlp_kwargs(settings, "traces"))
