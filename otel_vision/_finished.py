@@ -50,6 +50,15 @@ class _Mark:
         self.done = threading.Event()
 
 
+_drainer_thread = threading.local()
+
+
+def on_a_drainer_thread() -> bool:
+    """Whether the calling thread is a `Drainer`'s: work handed to it needs no other thread to keep it off the
+    application's (the span hand-over records the duration metrics on the spot)."""
+    return getattr(_drainer_thread, "active", False)
+
+
 IDLE_AFTER_S: Final = 1.0
 """A drainer's thread that found nothing to handle for this long sleeps until an appender wakes it (`Drainer.idle`)."""
 IDLE_SLEEP_S: Final = 5.0
@@ -131,6 +140,7 @@ class Drainer(Generic[Item]):
         self._wake.set()
 
     def _run(self) -> None:
+        _drainer_thread.active = True
         quiet = 0.0
         while not self.stopped:
             if quiet < IDLE_AFTER_S:

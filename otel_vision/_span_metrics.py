@@ -2,9 +2,11 @@
 
 A stage or request span carries everything its metrics need (``vision.stage`` or ``vision.operation``, the model,
 ``error.type``, its start and end). Recording a histogram point costs more than starting and ending the span
-(attribute hashing, aggregation, exemplar sampling), so `stage()` leaves it to this processor: ``on_end`` only
-appends the span to a deque, and a background thread records ``vision.stage.duration``, ``vision.request.duration``,
-``vision.requests`` and ``vision.queue.duration`` with the span's context, so exemplars still point at the trace.
+(attribute hashing, aggregation, exemplar sampling), so `stage()` leaves it to this processor, which records
+``vision.stage.duration``, ``vision.request.duration``, ``vision.requests`` and ``vision.queue.duration`` with the
+span's context, so exemplars still point at the trace. It records on the spot when a background thread of ours hands
+it the span (the span hand-over, as `configure()` sets it up); on any other thread ``on_end`` only appends the span to
+a deque, and a background thread of its own records.
 The image metrics of an instrumented batch (``vision.images``, ``vision.detections`` per image) come the same way:
 the instrumentation leaves the counts beside the batch span (`otel_vision._metrics.defer_batch_counts`, keyed by
 span id, never on the span), and they are recorded here with the context of the batch's parent span, the call's root
@@ -23,9 +25,11 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan
+from opentelemetry.util.types import AttributeValue
 
 from otel_vision import _runtime
-from otel_vision._finished import Drainer
+from otel_vision._errors import report_internal_error
+from otel_vision._finished import Drainer, on_a_drainer_thread
 from otel_vision._metrics import BatchCounts, Instruments, pending_batch_counts, record_batch_counts
 from otel_vision.attributes import (
     ERROR_TYPE,
@@ -39,6 +43,8 @@ _INTERVAL_S: Final = 0.2
 """How often the recorder drains; a flush (and every metric collection through `Handle.force_flush`) drains first."""
 LIMIT: Final = 4096
 """Spans waiting to be recorded beyond which the thread handing them over records them itself."""
+ATTRIBUTE_SETS: Final = 1024
+"""Metric attribute sets kept for reuse, at most (the cardinality cap allows more; the set starts again empty)."""
 QUEUE_STAGE: Final = "queue"
 """The stage name of `queue_wait()` spans, which feed ``vision.queue.duration`` instead of the stage histogram."""
 
@@ -49,6 +55,7 @@ class SpanMetricsProcessor(SpanProcessor):
     def __init__(self, instruments: Instruments | None = None) -> None:
         self.instruments = instruments
         """Set once the pipeline's meter exists (before any span of ours can end)."""
+        self._attribute_sets: dict[tuple[object, ...], dict[str, AttributeValue]] = {}
         self._spans: Drainer[ReadableSpan] = Drainer(
             self._record, "duration metrics from spans", "otel-vision-span-metrics", _INTERVAL_S
         )
@@ -59,6 +66,15 @@ class SpanMetricsProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         scope = span.instrumentation_scope
         if scope is not None and scope.name == _runtime.SCOPE:
+            if on_a_drainer_thread():
+                # Handed over by a background thread already (the span hand-over, a batch's members): recording here
+                # spares the recorder's thread a wake-up, which on a machine whose cores all run the model takes
+                # a core from it.
+                try:
+                    self._record(span)
+                except Exception:
+                    report_internal_error("duration metrics from spans")
+                return
             spans = self._spans
             items = spans.items
             items.append(span)
@@ -84,14 +100,18 @@ class SpanMetricsProcessor(SpanProcessor):
         context = trace.set_span_in_context(NonRecordingSpan(span.context)) if span.context is not None else None
         failure = attributes.get(ERROR_TYPE)
         operation = attributes.get(VISION_OPERATION)
+        model = attributes.get(VISION_MODEL_NAME)
         if operation is not None:
-            attrs = instruments.metric_attributes(
+            category = attributes.get(VISION_INSTRUCTION_CATEGORY)
+            attrs = self._attributes(
+                instruments,
+                (VISION_OPERATION, operation, model, category, failure),
                 {
                     VISION_OPERATION: operation,
-                    VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME),
-                    VISION_INSTRUCTION_CATEGORY: attributes.get(VISION_INSTRUCTION_CATEGORY),
+                    VISION_MODEL_NAME: model,
+                    VISION_INSTRUCTION_CATEGORY: category,
                     ERROR_TYPE: failure,
-                }
+                },
             )
             instruments.request_duration.record(seconds, attrs, context=context)
             instruments.requests.add(1, attrs, context=context)
@@ -104,13 +124,30 @@ class SpanMetricsProcessor(SpanProcessor):
             if counts is not None:
                 self._record_batch_counts(instruments, span, counts)
         if stage == QUEUE_STAGE:
-            attrs = instruments.metric_attributes({VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME)})
+            attrs = self._attributes(instruments, (QUEUE_STAGE, model), {VISION_MODEL_NAME: model})
             instruments.queue_duration.record(seconds, attrs, context=context)
             return
-        attrs = instruments.metric_attributes(
-            {VISION_STAGE: stage, VISION_MODEL_NAME: attributes.get(VISION_MODEL_NAME), ERROR_TYPE: failure}
+        attrs = self._attributes(
+            instruments,
+            (VISION_STAGE, stage, model, failure),
+            {VISION_STAGE: stage, VISION_MODEL_NAME: model, ERROR_TYPE: failure},
         )
         instruments.stage_duration.record(seconds, attrs, context=context)
+
+    def _attributes(
+        self, instruments: Instruments, key: tuple[object, ...], pairs: dict[str, AttributeValue | None]
+    ) -> dict[str, AttributeValue]:
+        """The metric attributes for ``pairs`` (`Instruments.metric_attributes`), the same dictionary every time the
+        same strings come: the cardinality cap gives a value the same answer once it has seen it, and the SDK copies
+        what it is given. Values of other types (equal across types: ``True`` and ``1``) are not kept."""
+        attrs = self._attribute_sets.get(key)
+        if attrs is None:
+            attrs = instruments.metric_attributes(pairs)
+            if all(type(value) is str or value is None for value in key):
+                if len(self._attribute_sets) >= ATTRIBUTE_SETS:
+                    self._attribute_sets.clear()
+                self._attribute_sets[key] = attrs
+        return attrs
 
     @staticmethod
     def _record_batch_counts(instruments: Instruments, span: ReadableSpan, counts: BatchCounts) -> None:
