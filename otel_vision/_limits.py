@@ -76,9 +76,11 @@ shares the GIL with the threads making the spans, may drain little while the bur
 cameras at ~100 spans per frame-second. Memory bound: about 1.5 KiB per queued span with the default attributes, so
 ~50 MiB at worst."""
 DEFAULT_MAX_EXPORT_BATCH_SIZE: Final = 512
-DEFAULT_SCHEDULE_DELAY_MS: Final = 500
-"""Half a second (the SDK waits 5 s): a burst starts leaving before it piles up, and a trace reaches the collector
-about as fast as a person opens it."""
+DEFAULT_SCHEDULE_DELAY_MS: Final = 1000
+"""A second (the SDK waits 5 s): a trace reaches the collector about as fast as a person opens it, and a process
+killed outright loses at most about a second of spans (a burst leaves as soon as a batch is full). Shorter costs CPU:
+each OTLP/gRPC export takes 1.5–2.5 ms of it on a 2-vCPU VM, whatever its size (our thread and gRPC's), which at 0.5 s
+was a third of our background work on a CPU-bound model (docs/benchmarks.md)."""
 DEFAULT_EXPORT_TIMEOUT_S: Final = 10.0
 
 

@@ -315,7 +315,7 @@ def test_an_idle_process_sleeps_and_a_span_after_the_idle_time_arrives_within_th
 ) -> None:
     """Three idle seconds cost our threads (span hand-over, duration metrics, batch members, export queues) a few
     wake-ups in all, as Linux counts them; they used to poll 24 times a second. The next span still reaches the
-    collector without any flush, about one schedule delay (0.5 s) after it ended."""
+    collector without any flush, about one schedule delay (1 s) after it ended."""
     rotel = Rotel(tmp_path)
     report = tmp_path / "idle.json"
     try:
