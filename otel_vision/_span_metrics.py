@@ -140,7 +140,10 @@ class SpanMetricsProcessor(SpanProcessor):
         """The metric attributes for ``pairs`` (`Instruments.metric_attributes`), the same dictionary every time the
         same strings come: the cardinality cap gives a value the same answer once it has seen it, and the SDK copies
         what it is given. Values of other types (equal across types: ``True`` and ``1``) are not kept."""
-        attrs = self._attribute_sets.get(key)
+        try:
+            attrs = self._attribute_sets.get(key)
+        except TypeError:  # an unhashable value (a list in a span processor's hand-made span)
+            return instruments.metric_attributes(pairs)
         if attrs is None:
             attrs = instruments.metric_attributes(pairs)
             if all(type(value) is str or value is None for value in key):

@@ -397,3 +397,31 @@ def test_a_drain_that_interrupts_one_on_its_own_thread_returns_and_nothing_is_lo
         assert handled == [0, 1, 2, 3] and inner == [0]
     finally:
         drainer.stop()
+
+
+def test_duration_metrics_come_from_spans_whichever_thread_hands_them_over(
+    vision_telemetry: CapturedTelemetry,
+) -> None:
+    """The hand-over thread records a span's duration metrics as it hands it over; once spans are handed over on the
+    application's thread (a processor of its own was added), a background recorder takes them. Either way the point
+    is there, with an exemplar naming the span's trace."""
+
+    def stage_point(stage: str) -> tuple[int, set[int]]:
+        for point in vision_telemetry.points("vision.stage.duration"):
+            if point.attributes.get("vision.stage") == stage:
+                return point.count, {exemplar.trace_id for exemplar in point.exemplars}
+        return 0, set()
+
+    provider = vision_telemetry.handle.tracer_provider
+    assert provider is not None
+    with otel_vision.stage("handed-over-by-our-thread") as span:
+        pass
+    assert provider.force_flush(int(WAIT_S * 1000))  # has the hand-over thread hand it over (collects no metric)
+    assert stage_point("handed-over-by-our-thread") == (1, {span.get_span_context().trace_id})
+
+    provider.add_span_processor(SimpleSpanProcessor(Recording()))
+    for _ in range(3):
+        with otel_vision.stage("handed-over-by-the-application") as span:
+            pass
+    count, traces = stage_point("handed-over-by-the-application")
+    assert count == 3 and span.get_span_context().trace_id in traces
