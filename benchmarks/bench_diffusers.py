@@ -10,6 +10,9 @@ Two measurements, both in the default configuration unless ``--config null-expor
    (root span, hooks check) spread over the steps.
 2. The whole pipeline: samples of ``--calls`` calls of the tiny InstructPix2Pix (or ``--pipeline sd15`` on CUDA)
    without instrumentation and with it alternate one by one (``uninstrument()`` removes every hook and wrapper).
+   With ``--hand-written``, a third variant in the same rounds: what a user would write with the OpenTelemetry SDK
+   alone (a root span around the call and a span per step from ``callback_on_step_end``, on the same provider), a
+   reference for what spans per step cost in this harness at all.
 
     python benchmarks/bench_diffusers.py                                   # tiny InstructPix2Pix on CPU, 20 steps
     python benchmarks/bench_diffusers.py --pipeline sd15 --device cuda --dtype float16 --size 512 --steps 20
@@ -130,20 +133,54 @@ def overhead(args: argparse.Namespace, handle: Any) -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    results = rounds(
-        {"plain": Variant(run), "traced": Variant(run, lambda: instrumentor.instrument(pipelines=[pipe]),
-                                                  instrumentor.uninstrument)},
-        args.samples,
-        settle=lambda: handle.force_flush(timeout_millis=30000),
-    )  # fmt: skip
+    variants = {"plain": Variant(run), "traced": Variant(run, lambda: instrumentor.instrument(pipelines=[pipe]),
+                                                         instrumentor.uninstrument)}  # fmt: skip
+    if args.hand_written:
+        variants["hand-written"] = Variant(hand_written(args, handle, pipe, image))
+    results = rounds(variants, args.samples, settle=lambda: handle.force_flush(timeout_millis=30000))
     title = (
         f"{args.pipeline} InstructPix2Pix {args.device} {args.dtype} {args.size}x{args.size} {args.steps} steps; "
         f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
     )
     report(title, "call", results["plain"], results["traced"], args.calls)
+    if args.hand_written:
+        print()
+        report("the hand-written bare-SDK instrumentation (instrumented = hand-written)", "call", results["plain"],
+               results["hand-written"], args.calls)  # fmt: skip
+        print()
+        report("otel_vision (instrumented) against the hand-written one (not instrumented = hand-written)", "call",
+               results["hand-written"], results["traced"], args.calls)  # fmt: skip
     plain, traced = (statistics.median(results[k].cpu) / args.calls for k in ("plain", "traced"))
     spans = 7 + args.steps
     print(f"\nadded process CPU per call: {(traced - plain) * 1e3:.2f} ms, {spans} spans per call")
+
+
+def hand_written(args: argparse.Namespace, handle: Any, pipe: Any, image: Any) -> Any:
+    """The pipeline call with a root span and a span per denoising step, written against the SDK alone."""
+    import time
+
+    tracer = handle.tracer_provider.get_tracer("hand-written")
+    last = [0]
+
+    def step_end(pipeline: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        now = time.time_ns()
+        attributes = {
+            "vision.stage": "denoise_step",
+            "diffusion.step.index": index,
+            "diffusion.step.timestep": float(timestep),
+        }
+        tracer.start_span("denoise_step", start_time=last[0], attributes=attributes).end(end_time=now)
+        last[0] = now
+        return kwargs
+
+    def run() -> None:
+        for _ in range(args.calls):
+            with tracer.start_as_current_span("pipeline", attributes={"vision.model.name": type(pipe).__name__}):
+                last[0] = time.time_ns()
+                pipe("make it snowy", image=image, num_inference_steps=args.steps, output_type="np",
+                     callback_on_step_end=step_end)  # fmt: skip
+
+    return run
 
 
 def compare_profiler(args: argparse.Namespace) -> None:
@@ -194,13 +231,15 @@ def main() -> None:
     parser.add_argument("--isolated-steps", type=int, default=200, help="steps per call of the per-step measurement")
     parser.add_argument("--config", choices=CONFIGS, default="default")
     parser.add_argument("--compare-profiler", action="store_true")
+    parser.add_argument("--hand-written", action="store_true", help="add a hand-written bare-SDK variant")
     args = parser.parse_args()
     if args.compare_profiler:
         compare_profiler(args)
         return
     print(f"configuration: {describe(args.config)}\n")
     with configured("bench-diffusers", args.config) as handle:
-        per_step(args, handle)
+        if not args.hand_written:
+            per_step(args, handle)
         overhead(args, handle)
 
 
