@@ -126,22 +126,23 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(fields)
 
 
+def _encoded_span_attribute(key: str, value: Any) -> bytes:
+    try:
+        return _field(b"\x4a", _key_value(key, value))
+    except Unencodable:
+        return b""
+
+
 def _span_attribute(key: str, value: Any) -> bytes:
     """Span field 9 for one attribute (``b""`` when it cannot be encoded), from the cache when it was seen before."""
     kind = type(value)
     if kind not in _CACHED_TYPES or (kind is str and len(value) > CACHED_STRING_CHARS) or (kind is float and not value):
         # (0.0 and -0.0 are equal, and would find each other's bytes)
-        try:
-            return _field(b"\x4a", _key_value(key, value))
-        except Unencodable:
-            return b""
+        return _encoded_span_attribute(key, value)
     cache_key = (key, kind, value)
     encoded = _span_attributes.get(cache_key)
     if encoded is None:
-        try:
-            encoded = _field(b"\x4a", _key_value(key, value))
-        except Unencodable:
-            encoded = b""
+        encoded = _encoded_span_attribute(key, value)
         if len(_span_attributes) >= CACHE_LIMIT:
             _span_attributes.clear()
         _span_attributes[cache_key] = encoded

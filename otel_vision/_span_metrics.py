@@ -67,7 +67,7 @@ class SpanMetricsProcessor(SpanProcessor):
         scope = span.instrumentation_scope
         if scope is not None and scope.name == _runtime.SCOPE:
             if on_a_drainer_thread():
-                # Handed over by a background thread already (the span hand-over, a batch's members): recording here
+                # Handed over by a background thread already (the span hand-over): recording here
                 # spares the recorder's thread a wake-up, which on a machine whose cores all run the model takes
                 # a core from it.
                 try:
