@@ -377,6 +377,85 @@ class TestMetricsAndCategories:
         assert classify_instruction(instruction) == category and category in CATEGORIES
 
 
+class TestPlacement:
+    """``vision.device`` and ``vision.dtype``: what diffusers reports, read once per placement (diffusers walks every
+    module to compute either), and again when the pipeline moves."""
+
+    @staticmethod
+    def _count_our_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+        """Count the reads of ``_execution_device`` and ``dtype`` made by otel_vision (the pipeline makes its own)."""
+        import sys
+
+        from diffusers import DiffusionPipeline, ModelMixin
+
+        reads = {"device": 0, "dtype": 0}
+
+        def counting(name: str, prop: Any) -> property:
+            def get(self: Any) -> Any:
+                if sys._getframe(1).f_globals.get("__name__", "").startswith("otel_vision."):
+                    reads[name] += 1
+                return prop.fget(self)
+
+            return property(get)
+
+        monkeypatch.setattr(
+            DiffusionPipeline, "_execution_device", counting("device", DiffusionPipeline._execution_device)
+        )
+        monkeypatch.setattr(ModelMixin, "dtype", counting("dtype", ModelMixin.dtype))
+        return reads
+
+    def test_read_once_per_placement_and_again_after_a_move(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry, monkeypatch: Any
+    ) -> None:
+        reads = self._count_our_reads(monkeypatch)
+        otel_vision.instrument_diffusers(pix2pix)
+        for _ in range(3):
+            _run(pix2pix, image, steps=1)
+        assert reads == {"device": 1, "dtype": 1}
+        instrumented.uninstrument()  # instrumented again: the placement is the pipeline's, not the instrumentation's
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, steps=1)
+        assert reads == {"device": 1, "dtype": 1}
+        pix2pix.to(torch.float64)
+        _run(pix2pix, image, steps=1)
+        assert reads == {"device": 2, "dtype": 2}
+        roots = vision_telemetry.spans("pipeline")
+        assert [r.attributes["vision.dtype"] for r in roots] == ["float32"] * 4 + ["float64"]
+        assert {r.attributes["vision.device"] for r in roots} == {"cpu"}
+
+    def test_read_again_every_so_many_calls(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry, monkeypatch: Any
+    ) -> None:
+        """A change that leaves the denoiser's first parameter alone is seen within `PLACEMENT_REFRESH_CALLS` calls."""
+        from diffusers import ModelMixin
+
+        from otel_vision.instrumentation import diffusers as ours
+
+        monkeypatch.setattr(ours, "PLACEMENT_REFRESH_CALLS", 3)
+        reads = self._count_our_reads(monkeypatch)
+        otel_vision.instrument_diffusers(pix2pix)
+        for _ in range(2):
+            _run(pix2pix, image, steps=1)
+        # What layerwise casting does to a model whose first layer is exempt: dtype changes, the first parameter not.
+        monkeypatch.setattr(ModelMixin, "dtype", property(lambda self: torch.bfloat16))
+        for _ in range(2):
+            _run(pix2pix, image, steps=1)
+        assert reads["device"] == 2
+        roots = vision_telemetry.spans("pipeline")
+        assert [r.attributes["vision.dtype"] for r in roots] == ["float32"] * 3 + ["bfloat16"]
+
+    def test_a_swapped_denoiser_is_read(
+        self, instrumented: Any, pix2pix: Any, image: Any, vision_telemetry: CapturedTelemetry
+    ) -> None:
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, steps=1)
+        pix2pix.unet = copy.deepcopy(pix2pix.unet).to(torch.float64)
+        pix2pix.vae.to(torch.float64)
+        pix2pix.text_encoder.to(torch.float64)
+        _run(pix2pix, image, steps=1)
+        assert [r.attributes["vision.dtype"] for r in vision_telemetry.spans("pipeline")] == ["float32", "float64"]
+
+
 class TestScope:
     def test_every_pipeline_including_later_ones(self, image: Any, vision_telemetry: CapturedTelemetry) -> None:
         """instrument_diffusers() traces pipelines created before and after it."""
