@@ -12,7 +12,14 @@ Two measurements, both in the default configuration unless ``--config null-expor
    without instrumentation and with it alternate one by one (``uninstrument()`` removes every hook and wrapper).
    With ``--hand-written``, a third variant in the same rounds: what a user would write with the OpenTelemetry SDK
    alone (a root span around the call and a span per step from ``callback_on_step_end``, on the same provider), a
-   reference for what spans per step cost in this harness at all.
+   reference for what spans per step cost in this harness at all. With ``--control-us N``, a control variant in
+   the same rounds: the uninstrumented call with a ``callback_on_step_end`` that only spins N µs per step (a
+   known cost, about what the instrumentation adds to the calling thread per step); what this harness reports for
+   it is what it can resolve.
+
+``--processes K`` runs the whole-pipeline A/B in K fresh processes (each with its own shuffled order) and pools
+their adjacent pairs, so a bias of one process (its memory layout, what else ran in that minute) is averaged out
+rather than reported as overhead; each process's own median is printed too.
 
     python benchmarks/bench_diffusers.py                                   # tiny InstructPix2Pix on CPU, 20 steps
     python benchmarks/bench_diffusers.py --pipeline sd15 --device cuda --dtype float16 --size 512 --steps 20
@@ -25,14 +32,18 @@ the device work of one step, compared with the median ``gpu.time`` of the ``deno
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _ab import CONFIGS, Variant, bare_spans, configured, describe, report, report_added, rounds
+from _ab import CONFIGS, Samples, Variant, bare_spans, configured, describe, report, report_added, rounds
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -137,12 +148,26 @@ def overhead(args: argparse.Namespace, handle: Any) -> None:
                                                          instrumentor.uninstrument)}  # fmt: skip
     if args.hand_written:
         variants["hand-written"] = Variant(hand_written(args, handle, pipe, image))
-    results = rounds(variants, args.samples, settle=lambda: handle.force_flush(timeout_millis=30000))
+    if args.control_us:
+        variants["control"] = Variant(busy_callback(args, pipe, image))
+    results = rounds(variants, args.samples, settle=lambda: handle.force_flush(timeout_millis=30000), seed=args.seed)
+    if args.emit_samples:
+        print("SAMPLES " + json.dumps({name: {"wall": s.wall, "cpu": s.cpu} for name, s in results.items()}))
+        return
+    report_variants(args, results)
+
+
+def report_variants(args: argparse.Namespace, results: dict[str, Samples]) -> None:
     title = (
         f"{args.pipeline} InstructPix2Pix {args.device} {args.dtype} {args.size}x{args.size} {args.steps} steps; "
-        f"Python {platform.python_version()}; {args.samples} alternating samples of {args.calls} call(s)"
+        f"Python {platform.python_version()}; {len(results['plain'].wall)} alternating samples of {args.calls} "
+        f"call(s)" + (f" from {args.processes} processes" if args.processes > 1 else "")
     )
     report(title, "call", results["plain"], results["traced"], args.calls)
+    if args.control_us:
+        print()
+        report(f"control: a step callback that spins {args.control_us:g} µs per step, no instrumentation "
+               "(instrumented = control)", "call", results["plain"], results["control"], args.calls)  # fmt: skip
     if args.hand_written:
         print()
         report("the hand-written bare-SDK instrumentation (instrumented = hand-written)", "call", results["plain"],
@@ -153,6 +178,46 @@ def overhead(args: argparse.Namespace, handle: Any) -> None:
     plain, traced = (statistics.median(results[k].cpu) / args.calls for k in ("plain", "traced"))
     spans = 7 + args.steps
     print(f"\nadded process CPU per call: {(traced - plain) * 1e3:.2f} ms, {spans} spans per call")
+
+
+def busy_callback(args: argparse.Namespace, pipe: Any, image: Any) -> Any:
+    """The uninstrumented call with a step callback that spins ``--control-us`` µs: a known cost per step."""
+    seconds = args.control_us / 1e6
+
+    def spin(pipeline: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return kwargs
+
+    def run() -> None:
+        for _ in range(args.calls):
+            pipe("make it snowy", image=image, num_inference_steps=args.steps, output_type="np",
+                 callback_on_step_end=spin)  # fmt: skip
+
+    return run
+
+
+def in_processes(args: argparse.Namespace) -> None:
+    """The whole-pipeline A/B in ``--processes`` fresh processes, their adjacent pairs pooled."""
+    pooled: dict[str, Samples] = {}
+    medians: list[float] = []
+    for index in range(args.processes):
+        command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--processes", "1", "--emit-samples",
+                   "--seed", str(index)]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=True).stdout
+        line = next(text for text in out.splitlines() if text.startswith("SAMPLES "))
+        samples = {name: Samples(**value) for name, value in json.loads(line.removeprefix("SAMPLES ")).items()}
+        for name, value in samples.items():
+            into = pooled.setdefault(name, Samples())
+            into.wall.extend(value.wall)
+            into.cpu.extend(value.cpu)
+        pairs = [b / a - 1 for a, b in zip(samples["plain"].wall, samples["traced"].wall, strict=True)]
+        medians.append(statistics.median(pairs))
+        print(f"process {index + 1}/{args.processes}: median of adjacent pairs {medians[-1] * 100:+.2f} % wall",
+              flush=True)  # fmt: skip
+    print(f"per-process medians: {', '.join(f'{m * 100:+.2f} %' for m in sorted(medians))}\n")
+    report_variants(args, pooled)
 
 
 def hand_written(args: argparse.Namespace, handle: Any, pipe: Any, image: Any) -> Any:
@@ -232,13 +297,25 @@ def main() -> None:
     parser.add_argument("--config", choices=CONFIGS, default="default")
     parser.add_argument("--compare-profiler", action="store_true")
     parser.add_argument("--hand-written", action="store_true", help="add a hand-written bare-SDK variant")
+    parser.add_argument("--control-us", type=float, default=0.0, help="add a control variant: a step callback "
+                        "that spins this many µs per step")  # fmt: skip
+    parser.add_argument("--processes", type=int, default=1, help="run the whole-pipeline A/B in this many fresh "
+                        "processes and pool their pairs (skips the per-step measurement)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--emit-samples", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.compare_profiler:
         compare_profiler(args)
         return
-    print(f"configuration: {describe(args.config)}\n")
+    if args.processes < 1:
+        parser.error(f"--processes takes a count of 1 or more, got {args.processes}")
+    if not args.emit_samples:
+        print(f"configuration: {describe(args.config)}\n")
+    if args.processes > 1:
+        in_processes(args)
+        return
     with configured("bench-diffusers", args.config) as handle:
-        if not args.hand_written:
+        if not args.hand_written and not args.emit_samples:
             per_step(args, handle)
         overhead(args, handle)
 
