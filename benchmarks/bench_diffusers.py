@@ -15,7 +15,11 @@ Two measurements, both in the default configuration unless ``--config null-expor
    reference for what spans per step cost in this harness at all. With ``--control-us N``, a control variant in
    the same rounds: the uninstrumented call with a ``callback_on_step_end`` that only spins N µs per step (a
    known cost, about what the instrumentation adds to the calling thread per step); what this harness reports for
-   it is what it can resolve.
+   it is what it can resolve. With
+``--background-ms N``, two more uninstrumented variants: during the call a background thread spends N ms of its own
+CPU time in 25 chunks spread over the call, as pure Python (holding the GIL) or hashing (``hashlib`` releases the GIL
+for large buffers); what each costs the call tells whether background work competes with the model for the GIL or for
+the cores.
 
 ``--processes K`` runs the whole-pipeline A/B in K fresh processes (each with its own shuffled order) and pools
 their adjacent pairs, so a bias of one process (its memory layout, what else ran in that minute) is averaged out
@@ -32,12 +36,14 @@ the device work of one step, compared with the median ``gpu.time`` of the ``deno
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -150,6 +156,13 @@ def overhead(args: argparse.Namespace, handle: Any) -> None:
         variants["hand-written"] = Variant(hand_written(args, handle, pipe, image))
     if args.control_us:
         variants["control"] = Variant(busy_callback(args, pipe, image))
+    if args.background_ms:
+        start = time.perf_counter()
+        pipe("make it snowy", image=image, num_inference_steps=args.steps, output_type="np")
+        spread = time.perf_counter() - start
+        for name, holds_gil in (("background-gil", True), ("background-released", False)):
+            load = BackgroundLoad(args.background_ms / 1e3, spread, holds_gil)
+            variants[name] = Variant(load.around(run), after=load.finish)
     results = rounds(variants, args.samples, settle=lambda: handle.force_flush(timeout_millis=30000), seed=args.seed)
     if args.emit_samples:
         print("SAMPLES " + json.dumps({name: {"wall": s.wall, "cpu": s.cpu} for name, s in results.items()}))
@@ -168,6 +181,12 @@ def report_variants(args: argparse.Namespace, results: dict[str, Samples]) -> No
         print()
         report(f"control: a step callback that spins {args.control_us:g} µs per step, no instrumentation "
                "(instrumented = control)", "call", results["plain"], results["control"], args.calls)  # fmt: skip
+    loads = {"background-gil": "pure Python, holding the GIL", "background-released": "hashing, GIL released"}
+    for name, what in loads.items():
+        if name in results:
+            print()
+            report(f"no instrumentation, {args.background_ms:g} ms of background CPU per call ({what}; instrumented = "
+                   f"{name})", "call", results["plain"], results[name], args.calls)  # fmt: skip
     if args.hand_written:
         print()
         report("the hand-written bare-SDK instrumentation (instrumented = hand-written)", "call", results["plain"],
@@ -196,6 +215,53 @@ def busy_callback(args: argparse.Namespace, pipe: Any, image: Any) -> Any:
                  callback_on_step_end=spin)  # fmt: skip
 
     return run
+
+
+class BackgroundLoad:
+    """A thread that spends ``seconds`` of its own CPU time during each call, in `CHUNKS` chunks spread over
+    ``spread`` seconds (the plain call's duration): pure Python, which holds the GIL, or SHA-256 of 64 KiB buffers,
+    which releases it."""
+
+    CHUNKS = 25
+
+    def __init__(self, seconds: float, spread: float, holds_gil: bool) -> None:
+        self.seconds, self.spread, self.holds_gil = seconds, spread, holds_gil
+        self._go, self._stop, self._done = threading.Event(), threading.Event(), threading.Event()
+        threading.Thread(target=self._run, name="bench-background-load", daemon=True).start()
+
+    def around(self, run: Any) -> Any:
+        def loaded() -> None:
+            self._stop.clear()
+            self._done.clear()
+            self._go.set()
+            try:
+                run()
+            finally:
+                self._stop.set()  # a chunk under way finishes; `finish` waits for it outside the timed part
+
+        return loaded
+
+    def finish(self) -> None:
+        self._done.wait()
+
+    def _run(self) -> None:
+        buffer = os.urandom(1 << 16)
+        chunk = self.seconds / self.CHUNKS
+        while True:
+            self._go.wait()
+            self._go.clear()
+            for _ in range(self.CHUNKS):
+                if self._stop.wait(self.spread / self.CHUNKS):
+                    break
+                end = time.thread_time() + chunk
+                while time.thread_time() < end:
+                    if self.holds_gil:
+                        total = 0
+                        for value in range(100):
+                            total += value
+                    else:
+                        hashlib.sha256(buffer).digest()
+            self._done.set()
 
 
 def in_processes(args: argparse.Namespace) -> None:
@@ -299,6 +365,8 @@ def main() -> None:
     parser.add_argument("--hand-written", action="store_true", help="add a hand-written bare-SDK variant")
     parser.add_argument("--control-us", type=float, default=0.0, help="add a control variant: a step callback "
                         "that spins this many µs per step")  # fmt: skip
+    parser.add_argument("--background-ms", type=float, default=0.0, help="add two uninstrumented variants with a "
+                        "background thread spending this many ms of CPU per call, holding the GIL or not")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="run the whole-pipeline A/B in this many fresh "
                         "processes and pool their pairs (skips the per-step measurement)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
