@@ -15,11 +15,10 @@ Two measurements, both in the default configuration unless ``--config null-expor
    reference for what spans per step cost in this harness at all. With ``--control-us N``, a control variant in
    the same rounds: the uninstrumented call with a ``callback_on_step_end`` that only spins N µs per step (a
    known cost, about what the instrumentation adds to the calling thread per step); what this harness reports for
-   it is what it can resolve. With
-``--background-ms N``, two more uninstrumented variants: during the call a background thread spends N ms of its own
-CPU time in 25 chunks spread over the call, as pure Python (holding the GIL) or hashing (``hashlib`` releases the GIL
-for large buffers); what each costs the call tells whether background work competes with the model for the GIL or for
-the cores.
+   it is what it can resolve. With ``--background-ms N``, two more uninstrumented variants: during the call a
+   background thread spends N ms of its own CPU time in 25 chunks spread over the call, as pure Python (holding the
+   GIL) or hashing (``hashlib`` releases the GIL for large buffers); what each costs the call tells whether
+   background work competes with the model for the GIL or for the cores.
 
 ``--processes K`` runs the whole-pipeline A/B in K fresh processes (each with its own shuffled order) and pools
 their adjacent pairs, so a bias of one process (its memory layout, what else ran in that minute) is averaged out
