@@ -18,7 +18,8 @@ Two measurements, both in the default configuration unless ``--config null-expor
    it is what it can resolve. With ``--background-ms N``, two more uninstrumented variants: during the call a
    background thread spends N ms of its own CPU time in 25 chunks spread over the call, as pure Python (holding the
    GIL) or hashing (``hashlib`` releases the GIL for large buffers); what each costs the call tells whether
-   background work competes with the model for the GIL or for the cores.
+   background work competes with the model for the GIL or for the cores. ``--per-thread`` prints, instead of the
+   A/B, each thread's CPU per call (ours, gRPC's, torch's), plain and instrumented.
 
 ``--processes K`` runs the whole-pipeline A/B in K fresh processes (each with its own shuffled order) and pools
 their adjacent pairs, so a bias of one process (its memory layout, what else ran in that minute) is averaged out
@@ -162,6 +163,9 @@ def overhead(args: argparse.Namespace, handle: Any) -> None:
         for name, holds_gil in (("background-gil", True), ("background-released", False)):
             load = BackgroundLoad(args.background_ms / 1e3, spread, holds_gil)
             variants[name] = Variant(load.around(run), after=load.finish)
+    if args.per_thread:
+        per_thread(args, handle, variants)
+        return
     results = rounds(variants, args.samples, settle=lambda: handle.force_flush(timeout_millis=30000), seed=args.seed)
     if args.emit_samples:
         print("SAMPLES " + json.dumps({name: {"wall": s.wall, "cpu": s.cpu} for name, s in results.items()}))
@@ -214,6 +218,48 @@ def busy_callback(args: argparse.Namespace, pipe: Any, image: Any) -> Any:
                  callback_on_step_end=spin)  # fmt: skip
 
     return run
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of each of this process's threads, by name (Python's name where it has one, else the
+    kernel's: torch's OpenMP threads, gRPC's), from ``/proc/self/task/*/schedstat`` (Linux)."""
+    names = {str(thread.native_id): thread.name for thread in threading.enumerate()}
+    totals: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as stat, open(f"/proc/self/task/{tid}/comm") as comm:
+                seconds, name = int(stat.read().split()[0]) / 1e9, names.get(tid, comm.read().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
+def per_thread(args: argparse.Namespace, handle: Any, variants: dict[str, Variant]) -> None:
+    """Each thread's CPU per call, plain and instrumented alternating, each call followed by a flush (so each
+    instrumented call pays one export); a thread that ended meanwhile is left out."""
+    added: dict[str, dict[str, list[float]]] = {}
+    for index in range(args.samples + 2):
+        for name in ("plain", "traced"):
+            variant = variants[name]
+            if variant.before is not None:
+                variant.before()
+            before = thread_cpu()
+            variant.run()
+            handle.force_flush(timeout_millis=30000)
+            after = thread_cpu()
+            if variant.after is not None:
+                variant.after()
+            if index >= 2:
+                for thread, seconds in after.items():
+                    added.setdefault(thread, {"plain": [], "traced": []})[name].append(seconds - before.get(thread, 0))
+    print(f"CPU per call by thread, ms (means of {args.samples} calls each, every call followed by a flush)")
+    print("| thread | not instrumented | instrumented | added |")
+    print("|---|---:|---:|---:|")
+    for thread, samples in sorted(added.items()):
+        plain, traced = (statistics.fmean(samples[k]) * 1e3 if samples[k] else 0.0 for k in ("plain", "traced"))
+        if max(plain, traced) >= 0.05:
+            print(f"| {thread} | {plain:.1f} | {traced:.1f} | {traced - plain:+.1f} |")
 
 
 class BackgroundLoad:
@@ -366,6 +412,8 @@ def main() -> None:
                         "that spins this many µs per step")  # fmt: skip
     parser.add_argument("--background-ms", type=float, default=0.0, help="add two uninstrumented variants with a "
                         "background thread spending this many ms of CPU per call, holding the GIL or not")  # fmt: skip
+    parser.add_argument("--per-thread", action="store_true", help="instead of the A/B, each thread's CPU per call, "
+                        "plain and instrumented (Linux)")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="run the whole-pipeline A/B in this many fresh "
                         "processes and pool their pairs (skips the per-step measurement)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -382,7 +430,7 @@ def main() -> None:
         in_processes(args)
         return
     with configured("bench-diffusers", args.config) as handle:
-        if not args.hand_written and not args.emit_samples:
+        if not args.hand_written and not args.emit_samples and not args.per_thread:
             per_step(args, handle)
         overhead(args, handle)
 
