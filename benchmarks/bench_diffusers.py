@@ -424,6 +424,8 @@ def main() -> None:
         return
     if args.processes < 1:
         parser.error(f"--processes takes a count of 1 or more, got {args.processes}")
+    if args.per_thread and args.processes > 1:
+        parser.error("--per-thread runs in one process: leave out --processes")
     if not args.emit_samples:
         print(f"configuration: {describe(args.config)}\n")
     if args.processes > 1:
