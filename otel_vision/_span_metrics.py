@@ -30,6 +30,8 @@ from opentelemetry.util.types import AttributeValue
 from otel_vision import _runtime
 from otel_vision._errors import report_internal_error
 from otel_vision._finished import Drainer, on_a_drainer_thread
+from otel_vision._light import _SPAN_KEY
+from otel_vision._light_metrics import LightRecorder
 from otel_vision._metrics import BatchCounts, Instruments, pending_batch_counts, record_batch_counts
 from otel_vision.attributes import (
     ERROR_TYPE,
@@ -56,6 +58,7 @@ class SpanMetricsProcessor(SpanProcessor):
         self.instruments = instruments
         """Set once the pipeline's meter exists (before any span of ours can end)."""
         self._attribute_sets: dict[tuple[object, ...], dict[str, AttributeValue]] = {}
+        self._recorders: _Recorders | None = None
         self._spans: Drainer[ReadableSpan] = Drainer(
             self._record, "duration metrics from spans", "otel-vision-span-metrics", _INTERVAL_S
         )
@@ -97,15 +100,20 @@ class SpanMetricsProcessor(SpanProcessor):
         instruments = self.instruments
         if instruments is None:
             return
-        context = trace.set_span_in_context(NonRecordingSpan(span.context)) if span.context is not None else None
+        recorders = self._recorders
+        if recorders is None or recorders.instruments is not instruments:
+            recorders = self._recorders = _Recorders(instruments)
+        span_context = span.context
+        context = Context({_SPAN_KEY: NonRecordingSpan(span_context)}) if span_context is not None else None
         failure = attributes.get(ERROR_TYPE)
         operation = attributes.get(VISION_OPERATION)
         model = attributes.get(VISION_MODEL_NAME)
         if operation is not None:
             category = attributes.get(VISION_INSTRUCTION_CATEGORY)
-            attrs = self._attributes(
+            key: tuple[object, ...] = (VISION_OPERATION, operation, model, category, failure)
+            attrs, cached = self._attributes(
                 instruments,
-                (VISION_OPERATION, operation, model, category, failure),
+                key,
                 {
                     VISION_OPERATION: operation,
                     VISION_MODEL_NAME: model,
@@ -113,44 +121,47 @@ class SpanMetricsProcessor(SpanProcessor):
                     ERROR_TYPE: failure,
                 },
             )
-            instruments.request_duration.record(seconds, attrs, context=context)
-            instruments.requests.add(1, attrs, context=context)
+            recorders.request_duration.record(seconds, key if cached else None, attrs, context)
+            recorders.requests.record(1, key if cached else None, attrs, context)
             return
         stage = attributes.get(VISION_STAGE)
         if stage is None:
             return
-        if pending_batch_counts and span.context is not None:
-            counts = pending_batch_counts.pop(span.context.span_id, None)
+        if pending_batch_counts and span_context is not None:
+            counts = pending_batch_counts.pop(span_context.span_id, None)
             if counts is not None:
                 self._record_batch_counts(instruments, span, counts)
         if stage == QUEUE_STAGE:
-            attrs = self._attributes(instruments, (QUEUE_STAGE, model), {VISION_MODEL_NAME: model})
-            instruments.queue_duration.record(seconds, attrs, context=context)
+            key = (QUEUE_STAGE, model)
+            attrs, cached = self._attributes(instruments, key, {VISION_MODEL_NAME: model})
+            recorders.queue_duration.record(seconds, key if cached else None, attrs, context)
             return
-        attrs = self._attributes(
-            instruments,
-            (VISION_STAGE, stage, model, failure),
-            {VISION_STAGE: stage, VISION_MODEL_NAME: model, ERROR_TYPE: failure},
+        key = (VISION_STAGE, stage, model, failure)
+        attrs, cached = self._attributes(
+            instruments, key, {VISION_STAGE: stage, VISION_MODEL_NAME: model, ERROR_TYPE: failure}
         )
-        instruments.stage_duration.record(seconds, attrs, context=context)
+        recorders.stage_duration.record(seconds, key if cached else None, attrs, context)
 
     def _attributes(
         self, instruments: Instruments, key: tuple[object, ...], pairs: dict[str, AttributeValue | None]
-    ) -> dict[str, AttributeValue]:
+    ) -> tuple[dict[str, AttributeValue], bool]:
         """The metric attributes for ``pairs`` (`Instruments.metric_attributes`), the same dictionary every time the
         same strings come: the cardinality cap gives a value the same answer once it has seen it, and the SDK copies
-        what it is given. Values of other types (equal across types: ``True`` and ``1``) are not kept."""
+        what it is given. Values of other types (equal across types: ``True`` and ``1``) are not kept; the second
+        item says whether these were (then ``key`` names them for the recorders)."""
         try:
             attrs = self._attribute_sets.get(key)
         except TypeError:  # an unhashable value (a list in a span processor's hand-made span)
-            return instruments.metric_attributes(pairs)
-        if attrs is None:
-            attrs = instruments.metric_attributes(pairs)
-            if all(type(value) is str or value is None for value in key):
-                if len(self._attribute_sets) >= ATTRIBUTE_SETS:
-                    self._attribute_sets.clear()
-                self._attribute_sets[key] = attrs
-        return attrs
+            return instruments.metric_attributes(pairs), False
+        if attrs is not None:
+            return attrs, True
+        attrs = instruments.metric_attributes(pairs)
+        if not all(type(value) is str or value is None for value in key):
+            return attrs, False
+        if len(self._attribute_sets) >= ATTRIBUTE_SETS:
+            self._attribute_sets.clear()
+        self._attribute_sets[key] = attrs
+        return attrs, True
 
     @staticmethod
     def _record_batch_counts(instruments: Instruments, span: ReadableSpan, counts: BatchCounts) -> None:
@@ -166,3 +177,16 @@ class SpanMetricsProcessor(SpanProcessor):
 
     def shutdown(self) -> None:
         self._spans.stop()
+
+
+class _Recorders:
+    """A `LightRecorder` for each instrument the processor records into, for one `Instruments`."""
+
+    __slots__ = ("instruments", "queue_duration", "request_duration", "requests", "stage_duration")
+
+    def __init__(self, instruments: Instruments) -> None:
+        self.instruments = instruments
+        self.stage_duration = LightRecorder(instruments.stage_duration)
+        self.request_duration = LightRecorder(instruments.request_duration)
+        self.requests = LightRecorder(instruments.requests)
+        self.queue_duration = LightRecorder(instruments.queue_duration)
