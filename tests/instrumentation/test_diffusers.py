@@ -146,6 +146,28 @@ class TestUserCallbacks:
         assert (traced_images == plain_images).all()
         assert len(vision_telemetry.spans("denoise_step")) == 3
 
+    def test_our_callback_alone_asks_for_no_tensors(
+        self, instrumented: Any, pix2pix: Any, image: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With no callback of the user's, the pipeline gathers none of the step's tensors for ours (it would read
+        them through ``locals()`` on every step); tensor inputs the user names are gathered as they ask."""
+        from otel_vision.instrumentation import diffusers as instrumentation
+
+        received: list[list[str]] = []
+        step_end = instrumentation._StepEnd.__call__
+
+        def watching(self: Any, pipeline: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> Any:
+            received.append(sorted(kwargs))
+            return step_end(self, pipeline, index, timestep, kwargs)
+
+        monkeypatch.setattr(instrumentation._StepEnd, "__call__", watching)
+        otel_vision.instrument_diffusers(pix2pix)
+        _run(pix2pix, image, steps=2)
+        assert received == [[], []]
+        received.clear()
+        _run(pix2pix, image, steps=2, callback_on_step_end_tensor_inputs=["latents"])
+        assert received == [["latents"], ["latents"]]
+
     def test_pipeline_callback_objects(
         self, instrumented: Any, image: Any, vision_telemetry: CapturedTelemetry
     ) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Collection
@@ -415,7 +416,13 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
             hooks.ensure(instance, self._hooks, self._patches)
             root = _call.PipelineRequest(call, self._root_attributes(instance, options, args, kwargs))
             if per_step and options.denoise_steps != "off":
-                kwargs = {**kwargs, "callback_on_step_end": _chain_callback(kwargs.get("callback_on_step_end"))}
+                user = kwargs.get("callback_on_step_end")
+                kwargs = {**kwargs, "callback_on_step_end": _chain_callback(user)}
+                position = _tensor_inputs_position(type(instance))
+                if user is None and position is not None and len(args) <= position and _TENSOR_INPUTS not in kwargs:
+                    # Only our callback runs, and it reads none of the step's tensors: without this the pipeline
+                    # gathers the latents for it on every step, through ``locals()`` of its whole ``__call__``.
+                    kwargs[_TENSOR_INPUTS] = []
         except Exception:
             report_internal_error("diffusers pipeline wrapper")
             return wrapped(*args, **kwargs)
@@ -452,19 +459,38 @@ class DiffusersInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # BaseInst
         return attrs
 
 
-_PER_STEP: dict[type, bool] = {}
+_PER_STEP: dict[type, tuple[bool, int | None]] = {}
+_TENSOR_INPUTS: Final = "callback_on_step_end_tensor_inputs"
 
 
 def _accepts_step_callback(cls: type) -> bool:
     """Whether ``cls.__call__`` takes ``callback_on_step_end``. Another library's wrapper of ``__call__`` may hide the
     signature behind ``*args, **kwargs``; then the class's ``_callback_tensor_inputs`` (declared by every pipeline
     that supports the callback) decides."""
+    return _step_callback_support(cls)[0]
+
+
+def _tensor_inputs_position(cls: type) -> int | None:
+    """How many positional arguments (after ``self``) come before ``callback_on_step_end_tensor_inputs`` in
+    ``cls.__call__`` (a large number when it is keyword-only); ``None`` when it is not a named parameter."""
+    return _step_callback_support(cls)[1]
+
+
+def _step_callback_support(cls: type) -> tuple[bool, int | None]:
     known = _PER_STEP.get(cls)
     if known is None:
         parameters = inspect.signature(inspect.unwrap(cls.__call__)).parameters
-        known = "callback_on_step_end" in parameters or (
+        accepts = "callback_on_step_end" in parameters or (
             any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
             and isinstance(getattr(cls, "_callback_tensor_inputs", None), list | tuple)
         )
-        _PER_STEP[cls] = known
+        position = None
+        if _TENSOR_INPUTS in parameters:
+            positional = [
+                name
+                for name, p in parameters.items()
+                if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            position = positional.index(_TENSOR_INPUTS) - 1 if _TENSOR_INPUTS in positional else sys.maxsize
+        known = _PER_STEP[cls] = (accepts, position)
     return known
