@@ -158,18 +158,37 @@ def _trace_state(state: Any) -> str:
     return ",".join([f"{key}={value}" for key, value in state.items()]) if state is not None else ""
 
 
+_LOCAL_FLAGS: Final = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)
+"""Span field 16 (flags) for a span whose parent is local or absent: the common case."""
+_UNSET_STATUS: Final = b"\x7a\x00"
+"""Span field 15 for the unset status without a description (an empty ``Status`` message)."""
+_names: dict[str, bytes] = {}
+"""Span field 5 (name) by name: a process names its spans with a few strings."""
+
+
+def _name_field(name: str) -> bytes:
+    encoded = _names.get(name)
+    if encoded is None:
+        encoded = _field(b"\x2a", _utf8(name))
+        if len(name) <= CACHED_STRING_CHARS:
+            if len(_names) >= CACHE_LIMIT:
+                _names.clear()
+            _names[name] = encoded
+    return encoded
+
+
 def encode_span(span: ReadableSpan) -> bytes:
     """The body of one ``Span`` message, fields in number order as protobuf serializes them."""
     context = span.context
     parent = span.parent
     parts = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
-    state = _trace_state(context.trace_state)
-    if state:
-        parts.append(_field(b"\x1a", _utf8(state)))
+    if context.trace_state:
+        parts.append(_field(b"\x1a", _utf8(_trace_state(context.trace_state))))
     if parent is not None:
         parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_field(b"\x2a", _utf8(span.name)))
+    name = span.name
+    if name:
+        parts.append(_name_field(name))
     parts.append(_KINDS[span.kind])
     if span.start_time:
         parts += (b"\x39", _fixed64(span.start_time))
@@ -201,10 +220,13 @@ def encode_span(span: ReadableSpan) -> bytes:
         parts += (b"\x70", _varint(span.dropped_links))
     status = span.status
     if status is not None:
-        body = _field(b"\x12", _utf8(status.description)) if status.description else b""
         code = status.status_code.value
-        parts.append(_field(b"\x7a", body + b"\x18" + _varint(code) if code else body))
-    parts += (b"\x85\x01", _flags(parent))
+        if not code and not status.description:
+            parts.append(_UNSET_STATUS)
+        else:
+            body = _field(b"\x12", _utf8(status.description)) if status.description else b""
+            parts.append(_field(b"\x7a", body + b"\x18" + _varint(code) if code else body))
+    parts.append(_LOCAL_FLAGS if parent is None or not parent.is_remote else b"\x85\x01" + _flags(parent))
     return b"".join(parts)
 
 

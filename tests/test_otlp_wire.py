@@ -146,9 +146,11 @@ def test_random_batches_match_the_sdk_encoder() -> None:
 def test_the_cache_stays_bounded() -> None:
     rng = random.Random(6)
     for index in range(_otlp_wire.CACHE_LIMIT + 10):
-        encode_request([_span(rng, attributes={"request.id": index})])
+        encode_request([_span(rng, attributes={"request.id": index}, name=f"span {index}")])
     assert len(_otlp_wire._span_attributes) <= _otlp_wire.CACHE_LIMIT
-    _same([_span(rng, attributes={"request.id": 7})])
+    assert len(_otlp_wire._names) <= _otlp_wire.CACHE_LIMIT
+    _same([_span(rng, attributes={"request.id": 7}, name="span 7")])
+    _same([_span(rng, name="long " * 100), _span(rng, name="long " * 100)])
 
 
 def test_what_the_sdk_encoder_cannot_encode_is_dropped_or_replaced_not_the_batch() -> None:
