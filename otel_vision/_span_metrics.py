@@ -4,9 +4,10 @@ A stage or request span carries everything its metrics need (``vision.stage`` or
 ``error.type``, its start and end). Recording a histogram point costs more than starting and ending the span
 (attribute hashing, aggregation, exemplar sampling), so `stage()` leaves it to this processor, which records
 ``vision.stage.duration``, ``vision.request.duration``, ``vision.requests`` and ``vision.queue.duration`` with the
-span's context, so exemplars still point at the trace. It records on the spot when a background thread of ours hands
-it the span (the span hand-over, as `configure()` sets it up); on any other thread ``on_end`` only appends the span to
-a deque, and a background thread of its own records.
+span's context, so exemplars still point at the trace (through `otel_vision._light_metrics.LightRecorder`, which
+skips what the SDK would work out again for every point of the same attribute set). It records on the spot when a
+background thread of ours hands it the span (the span hand-over, as `configure()` sets it up); on any other thread
+``on_end`` only appends the span to a deque, and a background thread of its own records.
 The image metrics of an instrumented batch (``vision.images``, ``vision.detections`` per image) come the same way:
 the instrumentation leaves the counts beside the batch span (`otel_vision._metrics.defer_batch_counts`, keyed by
 span id, never on the span), and they are recorded here with the context of the batch's parent span, the call's root
