@@ -36,6 +36,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_vision import _threads
 from otel_vision import attributes as a
 from otel_vision._errors import our_logger
 from otel_vision._limits import (  # noqa: F401  # re-exported: the export path's bounds
@@ -527,9 +528,9 @@ class BatchQueue(Generic[Item]):
         return self._signal
 
     def _start_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self._run, name=f"otel-vision-export-{self._signal}", daemon=True)
-        thread.start()
-        return thread
+        return _threads.start(
+            threading.Thread(target=self._run, name=f"otel-vision-export-{self._signal}", daemon=True)
+        )
 
     def _after_fork_in_child(self) -> None:
         if self._pid == os.getpid():
@@ -849,7 +850,7 @@ class BoundedMetricExporter(MetricExporter):
             self.exports_failed += 1
             return MetricExportResult.FAILURE
         try:
-            thread.start()
+            _threads.start(thread)
         except BaseException:  # a KeyboardInterrupt here, or no thread to be had: the next export must not be "busy"
             self._busy.release()
             raise

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link
 from opentelemetry.util.types import AttributeValue
 
+from otel_vision import _threads
 from otel_vision._errors import report_internal_error
 from otel_vision._limits import FORK_WAIT_S
 
@@ -86,8 +87,7 @@ class Drainer(Generic[Item]):
         """Set by `stop`, before its last drain."""
         self.idle = False
         """The thread sleeps until woken: an appender calls `wake` after appending."""
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = _threads.start(threading.Thread(target=self._run, name=name, daemon=True))
         self._created = next(_CREATED)
         self._kept_by_children = _kept_by_children > 0
         _DRAINERS.add(self)

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from otel_vision import _config, _early, _errors, _limits, _logging, _runtime
+from otel_vision import _config, _early, _errors, _limits, _logging, _runtime, _threads
 from otel_vision._early import PendingLoggerProvider, PendingMeter, PendingMeterProvider, SpanGate
 from otel_vision._errors import our_logger, report_internal_error
 from otel_vision._finished import kept_by_forked_children
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import LogRecordExporter
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from otel_vision import _export
@@ -202,7 +202,7 @@ class Handle:
             worker = threading.Thread(
                 target=self._shut_down_reporting, args=(deadline, timeout), name="otel-vision-shutdown", daemon=True
             )
-            worker.start()
+            _threads.start(worker)
             worker.join(max(0.0, deadline - time.monotonic()) + 2 * _GRACE_S)
         finally:
             self._shutting_down_on = None
@@ -315,7 +315,7 @@ def _run_bounded(calls: list[tuple[Any, tuple[Any, ...]]], deadline: float) -> l
         for i, (fn, args) in enumerate(calls)
     ]
     for thread in threads:
-        thread.start()
+        _threads.start(thread)
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return [r for r in results if r is not _UNFINISHED]
@@ -670,14 +670,16 @@ def build(
         _active = handle
         if settings.metrics_exporter == "prometheus":
             try:
-                complete(raise_errors=True)
+                with _threads.signals_blocked():  # the threads it starts (the SDK's metric reader) inherit the mask
+                    complete(raise_errors=True)
             except BaseException:
                 handle._give_up("configure() failed")
                 handle._ready.set()
                 raise
         if not handle._ready.is_set():
-            handle._setup_thread = threading.Thread(target=complete, name="otel-vision-setup", daemon=True)
-            handle._setup_thread.start()
+            handle._setup_thread = _threads.start(
+                threading.Thread(target=complete, name="otel-vision-setup", daemon=True)
+            )
         return handle
 
 
@@ -823,7 +825,6 @@ def _build_rest(
     _logging.wrap_config_functions()
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     from otel_vision._span_metrics import SpanMetricsProcessor
     from otel_vision._tail import BatchFanOut, TailSampler
@@ -867,9 +868,7 @@ def _build_rest(
 
     readers = list(metric_readers)
     if metric_exporter is not None:
-        readers.append(
-            PeriodicExportingMetricReader(exports.metric_exporter(metric_exporter, _destination(settings, "metrics")))
-        )
+        readers.append(_periodic_reader()(exports.metric_exporter(metric_exporter, _destination(settings, "metrics"))))
     if settings.metrics_exporter == "prometheus":
         reader, server = _prometheus_endpoint(settings)
         readers.append(reader)
@@ -892,6 +891,22 @@ def _build_rest(
     if log_exporter is not None:
         logger_provider.add_log_record_processor(exports.log_processor(log_exporter, _destination(settings, "logs")))
     return targets, exports, meter_provider, logger_provider, gpu, instruments
+
+
+@functools.cache
+def _periodic_reader() -> type[PeriodicExportingMetricReader]:
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    class PeriodicReader(PeriodicExportingMetricReader):
+        """The SDK's periodic reader, except that a forked child does not restart its timer thread: all it could
+        collect there is the parent's copy, which `BoundedMetricExporter` sends nowhere from another process (the
+        child builds a reader of its own), and a thread started by the SDK's after-fork hook would take signals
+        meant for the application (`otel_vision._threads`)."""
+
+        def _at_fork_reinit(self) -> None:
+            pass
+
+    return PeriodicReader
 
 
 def _built(signal: str, make: Any, settings: _config.Settings) -> Any:
@@ -1001,8 +1016,16 @@ def _shutdown_at_exit() -> None:
 def _after_fork_in_child() -> None:
     """A forked child gets a pipeline of its own: its own ``process.pid`` and ``service.instance.id``, export threads,
     GPU sampler and span processor. The parent's copy is let go without exporting anything (the parent does)."""
-    global _active, _lock, _lock_held_for_fork
+    global _lock, _lock_held_for_fork
     _lock, _lock_held_for_fork = threading.RLock(), False  # held by this thread only (`_before_fork`), or timed out
+    try:
+        _rebuild_in_child()
+    finally:
+        _fork_mask.restore()  # after the rebuild: the threads it started keep the mask `_before_fork` set
+
+
+def _rebuild_in_child() -> None:
+    global _active
     handle = _active
     if handle is None or handle.standalone or handle._rebuild is None:
         return
@@ -1045,7 +1068,7 @@ def _end_with_the_applications_threads(handle: Handle) -> None:
         os._exit(0)
 
     watcher = threading.Thread(target=watch, name="otel-vision-last-thread", daemon=True)
-    watcher.start()
+    _threads.start(watcher)
 
 
 def _finalize_with_process(handle: Handle) -> None:
@@ -1077,7 +1100,7 @@ def _flush_then_terminate(signum: int, frame: object) -> None:
         # On another thread: the signal may have interrupted this thread inside one of our locks.
         timeout = _limits.exit_timeout()
         flusher = threading.Thread(target=handle.shutdown, args=(timeout,), daemon=True)
-        flusher.start()
+        _threads.start(flusher)
         flusher.join(timeout + 0.5)
     _terminate()
 
@@ -1108,10 +1131,12 @@ def _before_fork() -> None:
     # pipeline half made or half stopped) and wait for it forever when it builds its own. Let it finish (bounded).
     global _lock_held_for_fork
     _lock_held_for_fork = _lock.acquire(timeout=_limits.SETUP_WAIT_S)
+    _fork_mask.block()
 
 
 def _after_fork_in_parent() -> None:
     global _lock_held_for_fork
+    _fork_mask.restore()
     if _lock_held_for_fork:
         _lock_held_for_fork = False
         _lock.release()
@@ -1138,6 +1163,7 @@ def _importing_on_our_threads() -> bool:
 
 
 _fork_hooks_registered = False
+_fork_mask = _threads.ForkMask()
 
 
 def _register_fork_hooks() -> None:

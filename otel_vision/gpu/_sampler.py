@@ -11,6 +11,7 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import NamedTuple
 
+from otel_vision import _threads
 from otel_vision._errors import our_logger, report_internal_error
 from otel_vision.gpu._backends import (
     CLOCK_EVENT_REASONS,
@@ -114,8 +115,7 @@ class NvmlSampler:
         """Take a first reading synchronously (so metrics exist at once), then poll in the background."""
         self.poll()
         self.running = True
-        self._thread = threading.Thread(target=self._run, name="otel-vision-nvml", daemon=True)
-        self._thread.start()
+        self._thread = _threads.start(threading.Thread(target=self._run, name="otel-vision-nvml", daemon=True))
 
     def stop(self) -> None:
         """Stop polling and release NVML; the history stays readable."""

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Span as ApiSpan
 from opentelemetry.util.types import AttributeValue
 
+from otel_vision import _threads
 from otel_vision._errors import our_logger, report_internal_error
 from otel_vision._finished import amended
 from otel_vision._metrics import CardinalityGuard
@@ -239,8 +240,7 @@ class GpuSpanProcessor(SpanProcessor):
         self._queue = _Queue()
         self._drain_lock = threading.Lock()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="otel-vision-gpu-spans", daemon=True)
-        self._thread.start()
+        self._thread = _threads.start(threading.Thread(target=self._run, name="otel-vision-gpu-spans", daemon=True))
 
     # --- SpanProcessor ------------------------------------------------------------------------------------------
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:

@@ -101,6 +101,70 @@ def test_forked_children_and_pool_workers_export_as_themselves(tmp_path: Path, p
         rotel.stop()
 
 
+SIGNALS_STAY_WITH_THE_APPLICATION = """
+import json, multiprocessing, os, signal, time, otel_vision
+handle = otel_vision.configure(service_name="signals", gpu=False)
+handle.wait_ready(30)
+
+def check(_=None):
+    # A signal blocked on this thread and sent to the process: the kernel hands it to any thread that does not
+    # block it, and Python would note it for a main thread that may never look (one waiting in C, as an idle pool
+    # worker does when its pool terminates it). Nobody else takes it: it stays pending until this thread unblocks.
+    with otel_vision.stage("signals-work"):
+        pass
+    handle.force_flush(10000)  # exported: gRPC's threads run too (a child's pipeline is its own)
+    signal.signal(signal.SIGUSR1, lambda *args: None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.3)
+    pending = signal.SIGUSR1 in signal.sigpending()
+    threads = len(os.listdir("/proc/self/task"))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGUSR1}})
+    return {{"pid": os.getpid(), "pending": pending, "threads": threads}}
+
+if __name__ == "__main__":
+    report = {{"parent": check()}}
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, json.dumps(check()).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    report["child"] = json.loads(os.read(read, 4096))
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        report["worker"] = pool.apply(check)
+    print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_no_thread_of_ours_takes_a_signal_meant_for_the_application(tmp_path: Path, protocol: str) -> None:
+    """In the configured parent, a forked child and a pool worker, a signal sent to the process while the main
+    thread blocks it stays pending: none of the threads running beside it (ours, the SDK's, gRPC's) takes it. One
+    that did would leave the application's handler unrun; our SIGTERM flush made ``Pool.terminate()`` wait forever
+    for an idle worker that way (found as a 1-in-100 hang of the pool test above)."""
+    rotel = Rotel(tmp_path)
+    try:
+        program = SIGNALS_STAY_WITH_THE_APPLICATION.replace("{{", "{").replace("}}", "}")
+        result = run_program(
+            program, endpoint_env(protocol, rotel.grpc_port if protocol == "grpc" else rotel.http_port)
+        )
+        assert result.returncode == 0, result.stderr
+        report = result.last_json()
+        for where in ("parent", "child", "worker"):
+            seen = report[where]
+            assert seen["threads"] > 2, report  # threads beside the main one that could have taken it
+            assert seen["pending"], (where, report)
+        pids = {report[where]["pid"] for where in ("parent", "child", "worker")}
+        assert len(pids) == 3, report
+        found = _wait_spans(rotel, {"signals-work"})
+        assert {pid for pid, _ in found["signals-work"]} == pids
+    finally:
+        rotel.stop()
+
+
 REAP = """
 def reap(pid, seconds):  # wait for a child at most `seconds`, then kill it; whether it ended by itself
     import os, time
