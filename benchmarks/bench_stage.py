@@ -24,8 +24,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ATTRIBUTES = {"vision.model.name": "yolov8n", "vision.batch.size": 8, "vision.device": "cpu"}
+PLAIN = "reference: bare SDK span on a plain SDK provider (BatchSpanProcessor, the SDK's OTLP exporter, same collector)"
 
 
 def work() -> int:
@@ -64,6 +66,15 @@ def start_rotel() -> tuple[subprocess.Popen[bytes], int, int]:
     return process, grpc, http
 
 
+def _sdk_exporter(protocol: str) -> Any:
+    """The SDK's own OTLP span exporter, configured from the same environment variables."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    return OTLPSpanExporter()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=40)
@@ -82,6 +93,10 @@ def main() -> None:
     if args.variant == "tail-sampling-keep-all":
         # Every trace kept: the sampler's own cost, with the same spans exported as in the default run.
         os.environ["OTEL_VISION_TAIL_SAMPLING_RATIO"] = "1.0"
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     import otel_vision
 
     try:
@@ -123,8 +138,21 @@ def main() -> None:
                 with otel_vision.batch("inference", requests=requests, attributes=ATTRIBUTES):
                     work()
 
+        # Reference only: a bare span on a plain SDK provider (BatchSpanProcessor, the SDK's OTLP exporter, the same
+        # collector), as an application without otel_vision has it. The ratios stay against the same provider.
+        plain = TracerProvider(resource=Resource.create({"service.name": "bench-plain"}))
+        plain.add_span_processor(BatchSpanProcessor(_sdk_exporter(args.protocol)))
+        plain_tracer = plain.get_tracer("bench")
+
+        def plain_sdk() -> None:
+            attributes = {"vision.stage": "inference", **ATTRIBUTES}
+            for _ in range(args.calls):
+                with plain_tracer.start_as_current_span("inference", attributes=attributes):
+                    work()
+
         variants: dict[str, Callable[[], None]] = {
             "bare SDK span (start_as_current_span, same attributes, same provider)": bare_sdk,
+            PLAIN: plain_sdk,
             "otel_vision.stage() as context manager": stage_with,
             "otel_vision.stage() as decorator": stage_decorator,
             "otel_vision.request() as context manager": request_with,
@@ -135,6 +163,7 @@ def main() -> None:
         for fn in variants.values():  # warm-up
             fn()
         handle.force_flush(timeout_millis=30000)
+        plain.force_flush(30000)
         wall: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
         order = list(variants)
@@ -146,11 +175,13 @@ def main() -> None:
                 w1 = time.perf_counter()
                 # Let the export threads finish this variant's spans, so their CPU lands in its sample.
                 handle.force_flush(timeout_millis=30000)
+                plain.force_flush(30000)
                 calls = args.calls // 9 if variants[name] is batch_of_8 else args.calls
                 cpu[name].append((time.process_time() - c0) / calls * 1e6)
                 wall[name].append((w1 - w0) / calls * 1e6)
         lost = {signal: s.lost for signal, s in handle.delivery().items()}
         handle.shutdown()
+        plain.shutdown()
     finally:
         collector.terminate()
         collector.wait(10)

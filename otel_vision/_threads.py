@@ -51,16 +51,17 @@ def start(thread: threading.Thread) -> threading.Thread:
 class ForkMask:
     """Across a fork of a configured process: threads that libraries restart in the child inside ``fork()`` itself
     (gRPC's) are made with the forking thread's mask, so that thread blocks the application's signals from just
-    before the fork until our rebuild in the child, or the parent's return, is done."""
+    before the fork until our rebuild in the child, or the parent's return, is done. Kept per forking thread (two
+    threads may fork at once)."""
 
     def __init__(self) -> None:
-        self._previous: set[int | signal.Signals] | None = None
+        self._previous: dict[int, set[int | signal.Signals]] = {}
 
     def block(self) -> None:
-        if _APPLICATIONS and self._previous is None:
-            self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, _APPLICATIONS)
+        if _APPLICATIONS:
+            self._previous.setdefault(threading.get_ident(), signal.pthread_sigmask(signal.SIG_BLOCK, _APPLICATIONS))
 
     def restore(self) -> None:
-        previous, self._previous = self._previous, None
+        previous = self._previous.pop(threading.get_ident(), None)
         if previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
