@@ -5,7 +5,9 @@ for traces, metrics and logs to a live collector (rotel on 127.0.0.1, started he
 without a GPU it finds none, as in production on CPU). The bare span is `tracer.start_as_current_span` with the same
 attributes on the same TracerProvider, so both pay the same export path. Variants alternate in a shuffled order every
 round; figures are medians over rounds of wall time per call on this thread, and of process CPU time per call
-(all threads, so the export threads' work on our spans counts).
+(all threads, so the export threads' work on our spans counts). A reference row, in the same rounds, is a bare span
+on a plain SDK provider of its own (`BatchSpanProcessor` and the SDK's OTLP exporter, to the same collector): what
+an application without otel_vision pays. The ratios stay against the same provider, as the budget is set.
 
     python benchmarks/bench_stage.py [--rounds 40] [--calls 2000] [--protocol grpc|http/protobuf]
     python benchmarks/bench_stage.py --variant no-metric-reader   # labelled variant: OTEL_METRICS_EXPORTER=none

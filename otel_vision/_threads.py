@@ -17,13 +17,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_SYNCHRONOUS = {
+# Left deliverable: the synchronous signals (sent to the thread that caused them), and the two no mask can hold.
+_NOT_BLOCKED = {
     getattr(signal, name)
     for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS", "SIGABRT", "SIGKILL", "SIGSTOP")
     if hasattr(signal, name)
 }
 _APPLICATIONS: frozenset[int] = (
-    frozenset(set(signal.valid_signals()) - _SYNCHRONOUS) if hasattr(signal, "pthread_sigmask") else frozenset()
+    frozenset(set(signal.valid_signals()) - _NOT_BLOCKED) if hasattr(signal, "pthread_sigmask") else frozenset()
 )
 
 
